@@ -1,0 +1,225 @@
+"""Typed view of ``params.yaml``: every knob of the pipeline, validated before any work starts.
+
+One ``load_params`` serves dvc stages, the CLI and (later) Prefect flows, so a typo in a key
+fails the same way everywhere: one message naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from transferkit.errors import ConfigError
+
+Architecture = Literal[
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "resnet18",
+    "resnet50",
+    "vgg16",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+]
+Strategy = Literal["linear", "finetune", "gradual", "scratch"]
+Device = Literal["auto", "cpu", "cuda"]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class Section(BaseModel):
+    """Base of every params section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitParams(Section):
+    """Fractions of the labelled images per split; they must sum to 1."""
+
+    train: Fraction = 0.65
+    val: Fraction = 0.10
+    test: Fraction = 0.25
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> SplitParams:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"split fractions train+val+test must sum to 1, got {self.train}+{self.val}+{self.test}={total:g}"
+            )
+        return self
+
+
+class DataParams(Section):
+    source: Literal["elpv", "imagefolder"] = "elpv"
+    path: str = "data/raw/elpv"
+    classes: Literal[2, 4] = 2
+    image_size: Annotated[int, Field(ge=32, le=1024)] = 224
+    resize: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    split: SplitParams = SplitParams()
+    seed: int = 42
+
+
+class ModelParams(Section):
+    architecture: Architecture = "efficientnet_lite0"
+    weights: Literal["imagenet", "none"] = "imagenet"
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.2
+
+
+class AugmentParams(Section):
+    """On-the-fly augmentation (full-network path). The feature-cache path uses the D4 views."""
+
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+    affine_degrees: Annotated[float, Field(ge=0, le=45)] = 3.0
+    affine_translate: Annotated[float, Field(ge=0, le=0.3)] = 0.02
+    brightness: Annotated[float, Field(ge=0, le=1)] = 0.1
+    contrast: Annotated[float, Field(ge=0, le=1)] = 0.1
+
+
+class TrainParams(Section):
+    strategy: Strategy = "finetune"
+    device: Device = "auto"
+    epochs: Annotated[int, Field(ge=1)] = 12
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    lr: PositiveFloat = 1e-3
+    backbone_lr_factor: Annotated[float, Field(gt=0, le=1)] = 0.1
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    warmup_epochs: Annotated[int, Field(ge=0)] = 1
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    class_weighting: Literal["balanced", "none"] = "balanced"
+    early_stopping_patience: Annotated[int, Field(ge=1)] = 5
+    selection_metric: Literal["macro_f1", "accuracy", "loss"] = "macro_f1"
+    frozen_units: Annotated[int, Field(ge=0)] = 0
+    feature_cache: Literal["auto", "on", "off"] = "auto"
+    cache_views: Literal[1, 2, 4, 8] = 8
+    unfreeze_every: Annotated[int, Field(ge=1)] = 2
+    unfreeze_step: Annotated[int, Field(ge=1)] = 1
+    augment: AugmentParams = AugmentParams()
+    fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    seed: int = 0
+    num_threads: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _strategy_is_consistent(self) -> TrainParams:
+        if self.strategy == "scratch" and self.frozen_units:
+            raise ValueError(
+                "strategy 'scratch' trains every layer from random init, so frozen_units must be 0 "
+                f"(got {self.frozen_units})"
+            )
+        return self
+
+
+class EvaluateParams(Section):
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    calibration_bins: Annotated[int, Field(ge=2, le=100)] = 15
+
+
+class GateParams(Section):
+    min_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.85
+    min_macro_f1: Annotated[float, Field(ge=0, le=1)] = 0.78
+    max_slice_gap: Annotated[float, Field(ge=0, le=1)] = 0.12
+    baseline_metrics: str | None = None
+    max_regression: Annotated[float, Field(ge=0, le=1)] = 0.01
+
+
+class ExportParams(Section):
+    opset: Annotated[int, Field(ge=13, le=21)] = 17
+    parity_tolerance: PositiveFloat = 1e-4
+
+
+class PathParams(Section):
+    """Every output location of the pipeline; dvc.yaml interpolates the same values."""
+
+    prepared: str = "data/prepared"
+    data_report: str = "reports/data.json"
+    train: str = "models/train"
+    checkpoints: str = "models/checkpoints"
+    feature_cache: str = ".feature-cache"
+    train_reports: str = "reports/train"
+    evaluate: str = "reports/evaluate"
+    test_logits: str = "models/evaluate/test_logits.npy"
+    gate_report: str = "reports/gate.json"
+    export: str = "models/export"
+    export_report: str = "reports/export.json"
+
+
+class Params(Section):
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    gate: GateParams = GateParams()
+    export: ExportParams = ExportParams()
+    paths: PathParams = PathParams()
+
+    def section_hash(self, *sections: str) -> str:
+        """Short stable hash of the named sections, recorded in checkpoints and model metadata."""
+        payload = {name: getattr(self, name).model_dump(mode="json") for name in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Walk the pydantic model along ``loc`` (minus the bad key) and list the fields found there."""
+    current: type[BaseModel] = model
+    for part in loc[:-1]:
+        annotation = current.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        current = annotation
+    return sorted(current.model_fields)
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """Turn pydantic's report into one line per bad key: ``section.key: what is wrong``."""
+    lines = [f"invalid parameters in {source}:"]
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(Params, loc))
+            lines.append(f"  {key}: unknown key; allowed keys here: {allowed}")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
+    """Validate an already-loaded mapping; the single place that raises ConfigError for bad values."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Read, merge dotted ``overrides`` (``{"train.epochs": 1}``) and validate the params file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}. Run from the project root or pass --params PATH.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (data, model, train, ...)")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(raw, dotted, value)
+    return parse_params(raw, str(path))
+
+
+def set_dotted(mapping: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict, creating sections on the way (as ``dvc exp run -S`` does)."""
+    *parents, leaf = dotted.split(".")
+    node = mapping
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted}: {part} is not a section")
+    node[leaf] = value

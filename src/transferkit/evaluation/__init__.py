@@ -1,0 +1,1 @@
+"""Test-set metrics, slices, calibration, plots and the quality gate."""

@@ -1,0 +1,49 @@
+"""PNG figures (matplotlib, headless): confusion matrix and training curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import ConfusionMatrixDisplay
+
+from transferkit.io import atomic_write
+
+
+def save_figure(figure: plt.Figure, path: str | Path) -> None:
+    with atomic_write(path) as handle:
+        figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+def confusion_matrix_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> plt.Figure:
+    figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(class_names), 1.2 + 1.2 * len(class_names)))
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(class_names)).plot(
+        ax=axis, cmap="Blues", colorbar=False, xticks_rotation=30
+    )
+    axis.set_title(title)
+    return figure
+
+
+def training_curves_figure(history: Sequence[dict[str, Any]], best_epoch: int) -> plt.Figure:
+    epochs = [r["epoch"] + 1 for r in history]
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
+    loss_axis.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train loss")
+    loss_axis.plot(epochs, [r["val_loss"] for r in history], marker="o", label="val loss")
+    metric_axis.plot(epochs, [r["val_accuracy"] for r in history], marker="o", label="val accuracy")
+    metric_axis.plot(epochs, [r["val_macro_f1"] for r in history], marker="o", label="val macro-F1")
+    for axis in (loss_axis, metric_axis):
+        axis.axvline(best_epoch + 1, color="grey", linestyle=":", label="best epoch")
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    loss_axis.set_title("loss")
+    metric_axis.set_title("validation")
+    figure.tight_layout()
+    return figure

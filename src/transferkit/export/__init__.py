@@ -1,0 +1,1 @@
+"""ONNX export, its verification against PyTorch, metadata and the model card."""

@@ -1,0 +1,63 @@
+"""The model card written next to every exported model (markdown, for people)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transferkit.data.elpv import LICENSE_NOTE
+
+
+def render_model_card(metadata: dict[str, Any], metrics: dict[str, Any], parity: dict[str, Any]) -> str:
+    names = metadata["class_names"]
+    per_class = "\n".join(
+        f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
+        for name, m in metrics["per_class"].items()
+    )
+    slices = "\n".join(
+        f"| {group} | {s['accuracy']:.3f} | {s['macro_f1']:.3f} | {s['count']} |"
+        for group, s in metrics["slices"].items()
+    )
+    data_note = LICENSE_NOTE if metadata["source"] == "elpv" else f"User data ({metadata['source']})."
+    auc = "n/a" if metrics["roc_auc"] is None else f"{metrics['roc_auc']:.3f}"
+    return f"""# Model card: {metadata["architecture"]} fine-tuned by transferkit
+
+## Use
+Image classification into {len(names)} classes: {", ".join(names)}.
+Input `images`: uint8 RGB, NCHW, {metadata["image_size"]}x{metadata["image_size"]}, values 0-255, any batch
+size; resize the image to that square with {metadata["resize"]} resampling (grayscale images are
+converted to RGB). Scaling and normalisation happen inside the graph.
+Outputs: `logits` and `probabilities` (softmax), shape (batch, {len(names)}), in the class order above.
+Everything here is also in the model's `metadata_props` (keys `transferkit.*`).
+
+## Training
+- Backbone: {metadata["architecture"]} with {metadata["weights"]} weights; strategy `{metadata["strategy"]}`.
+- Params hash `{metadata["params_hash"]}`, data hash `{metadata["data_hash"]}`.
+- Data: {data_note}
+
+## Test results ({metrics["count"]} held-out images, never used for model selection)
+| metric | value |
+|---|---|
+| accuracy | {metrics["accuracy"]:.4f} |
+| macro-F1 | {metrics["macro_f1"]:.4f} |
+| balanced accuracy | {metrics["balanced_accuracy"]:.4f} |
+| ROC-AUC | {auc} |
+| expected calibration error | {metrics["ece"]:.4f} |
+| largest slice accuracy gap | {metrics["slice_gap"]:.4f} |
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{per_class}
+
+| slice | accuracy | macro-F1 | count |
+|---|---|---|---|
+{slices}
+
+## Verification
+ONNX Runtime vs PyTorch on the test images: max |logit diff| {parity["max_abs_diff"]:.2e}
+(tolerance {parity["tolerance"]:.0e}), argmax agreement {parity["argmax_agreement"]:.4f},
+accuracy {parity["onnx_accuracy"]:.4f} (ONNX) vs {parity["torch_accuracy"]:.4f} (PyTorch).
+
+## Limits
+Trained on one dataset's distribution; images from other cameras, resolutions or cell types
+need their own evaluation. Probabilities are only as calibrated as the ECE above says.
+"""

@@ -1,0 +1,122 @@
+"""Export a trained classifier to a self-contained ONNX model and verify it.
+
+The graph takes ``images``: uint8 RGB NCHW at the model's resolution with a dynamic batch axis,
+and returns ``logits`` and ``probabilities``. Scaling and normalisation are inside the graph and
+the class names and input contract are in ``metadata_props``, so a downstream app needs only
+this file, onnxruntime, numpy and Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from transferkit.errors import ExportError
+from transferkit.models.classifier import ImageClassifier
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("logits", "probabilities")
+METADATA_PREFIX = "transferkit."
+# ONNX Runtime 1.31 loads IR version <= 13 (onnx 1.23 writes 14 by default).
+MAX_IR_VERSION = 13
+
+
+class _ExportedClassifier(nn.Module):
+    def __init__(self, model: ImageClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(images)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def export_onnx(model: ImageClassifier, image_size: int, opset: int, metadata: dict[str, Any]) -> bytes:
+    """Serialized, checked ONNX model; the caller verifies it before writing it anywhere.
+
+    TorchScript-based export (1 s, 2e-6 max error here; the dynamo exporter took 15 s and warned).
+    """
+    buffer = io.BytesIO()
+    example = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
+    torch.onnx.export(
+        _ExportedClassifier(model.eval().cpu()),
+        (example,),
+        buffer,
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        opset_version=opset,
+        dynamo=False,
+        dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}},
+    )
+    proto = onnx.load_from_string(buffer.getvalue())
+    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    proto.producer_name = "transferkit"
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key = METADATA_PREFIX + key
+        entry.value = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
+
+
+def read_metadata(proto_or_path: onnx.ModelProto | str | Path) -> dict[str, Any]:
+    """The transferkit metadata of an exported model, JSON values decoded."""
+    proto = proto_or_path if isinstance(proto_or_path, onnx.ModelProto) else onnx.load(str(proto_or_path))
+    decoded = {}
+    for entry in proto.metadata_props:
+        if entry.key.startswith(METADATA_PREFIX):
+            try:
+                decoded[entry.key[len(METADATA_PREFIX) :]] = json.loads(entry.value)
+            except json.JSONDecodeError:
+                decoded[entry.key[len(METADATA_PREFIX) :]] = entry.value
+    return decoded
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    max_abs_diff: float
+    argmax_agreement: float
+    onnx_accuracy: float
+    torch_accuracy: float
+    tolerance: float
+    count: int
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.max_abs_diff <= self.tolerance
+            and self.argmax_agreement == 1.0
+            and self.onnx_accuracy == self.torch_accuracy
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def check_parity(
+    onnx_logits: np.ndarray, torch_logits: np.ndarray, labels: np.ndarray, tolerance: float
+) -> ParityReport:
+    report = ParityReport(
+        max_abs_diff=float(np.abs(onnx_logits - torch_logits).max()),
+        argmax_agreement=float((onnx_logits.argmax(1) == torch_logits.argmax(1)).mean()),
+        onnx_accuracy=float((onnx_logits.argmax(1) == labels).mean()),
+        torch_accuracy=float((torch_logits.argmax(1) == labels).mean()),
+        tolerance=tolerance,
+        count=len(labels),
+    )
+    if not report.passed:
+        raise ExportError(
+            "ONNX model disagrees with PyTorch on the test images: "
+            f"max |diff| {report.max_abs_diff:.2e} (tolerance {tolerance:.0e}), argmax agreement "
+            f"{report.argmax_agreement:.4f}, accuracy ONNX {report.onnx_accuracy:.4f} vs PyTorch "
+            f"{report.torch_accuracy:.4f}. The model was not written; try export.opset or report a bug."
+        )
+    return report

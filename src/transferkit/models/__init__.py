@@ -1,0 +1,1 @@
+"""Backbone factory and the classifier that wraps it."""

@@ -1,0 +1,1 @@
+"""Running exported models: the ONNX Runtime session wrapper (and, later, the HTTP server)."""

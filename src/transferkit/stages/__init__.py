@@ -1,0 +1,1 @@
+"""Pipeline stages: each is ``run(params)`` (called by dvc, the CLI and flows) plus ``main()``."""

@@ -1,0 +1,111 @@
+"""prepare: raw images -> decoded, resized uint8 cache + manifest + split + data report.
+
+Unreadable, corrupt or empty files are skipped and listed in the report; an empty class or
+dataset is an error.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from transferkit.config import Params
+from transferkit.data.cache import manifest_hash, write_prepared
+from transferkit.data.sources import Sample, list_samples
+from transferkit.data.split import SPLITS, assign_splits
+from transferkit.errors import DataError
+from transferkit.io import sha256_bytes, write_json
+from transferkit.preprocessing import decode_image, is_grayscale, to_model_input
+from transferkit.stages.common import console, main
+
+Decoded = tuple[np.ndarray, str, bool] | str  # (HWC uint8, sha256, grayscale) or a skip reason
+
+
+def _decode(root: Path, sample: Sample, size: int, resize: str) -> Decoded:
+    path = root / sample.file
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return f"unreadable: {error.strerror or error}"
+    if not data:
+        return "empty file (0 bytes)"
+    try:
+        image = decode_image(data)
+    except DataError as error:
+        return str(error).replace("image bytes", "corrupt image")
+    return to_model_input(image, size, resize), sha256_bytes(data), is_grayscale(image)
+
+
+def run(params: Params) -> dict[str, Any]:
+    data = params.data
+    samples, class_names = list_samples(data)
+    root = Path(data.path)
+    with ThreadPoolExecutor() as pool:
+        decoded = list(
+            tqdm(
+                pool.map(lambda s: _decode(root, s, data.image_size, data.resize), samples),
+                total=len(samples),
+                desc="decode + resize",
+                unit="img",
+                dynamic_ncols=True,
+            )
+        )
+    skipped = [{"file": s.file, "reason": d} for s, d in zip(samples, decoded, strict=True) if isinstance(d, str)]
+    kept = [(s, d) for s, d in zip(samples, decoded, strict=True) if not isinstance(d, str)]
+    if not kept:
+        raise DataError(f"none of the {len(samples)} images under {root} could be decoded")
+    counts = Counter(s.label for s, _ in kept)
+    empty = [name for name in class_names if counts[name] == 0]
+    if empty:
+        raise DataError(f"class(es) {empty} have no readable images under {root}; add images or remove the class")
+
+    grayscale = all(d[2] for _, d in kept)
+    images = np.stack([d[0][..., :1] if grayscale else d[0] for _, d in kept])
+    splits = assign_splits([s.label for s, _ in kept], [s.group for s, _ in kept], data.split, data.seed)
+    label_index = {name: i for i, name in enumerate(class_names)}
+    rows = [
+        {
+            "index": i,
+            "file": s.file,
+            "sha256": d[1],
+            "label": s.label,
+            "label_index": label_index[s.label],
+            "group": s.group,
+            "split": split,
+        }
+        for i, ((s, d), split) in enumerate(zip(kept, splits, strict=True))
+    ]
+    meta = {
+        "source": data.source,
+        "class_names": class_names,
+        "image_size": data.image_size,
+        "resize": data.resize,
+        "channels": images.shape[-1],
+        "count": len(rows),
+        "data_hash": manifest_hash(rows),
+    }
+    write_prepared(Path(params.paths.prepared), images, rows, meta)
+    report = {
+        "total": len(rows),
+        "skipped": skipped,
+        "data_hash": meta["data_hash"],
+        "counts": {
+            split: {name: sum(1 for r in rows if r["split"] == split and r["label"] == name) for name in class_names}
+            for split in SPLITS
+        },
+        "groups": dict(sorted(Counter(r["group"] for r in rows).items())),
+    }
+    write_json(params.paths.data_report, report)
+    console.print(f"prepared {len(rows)} images ({len(skipped)} skipped) -> {params.paths.prepared}")
+    for entry in skipped:
+        console.print(f"[yellow]skipped[/] {entry['file']}: {entry['reason']}", highlight=False)
+    return report
+
+
+if __name__ == "__main__":
+    main(run)

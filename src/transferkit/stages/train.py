@@ -1,0 +1,205 @@
+"""train: fine-tune the pretrained backbone with the configured strategy; keep the best epoch.
+
+On the CPU (``feature_cache: auto``) the frozen bottom units run once per D4 view through ONNX
+Runtime and only the top trains; on CUDA the whole trainable part runs end to end with live
+augmentation. A kill -9 mid-run resumes from the last epoch's checkpoint when rerun with the
+same params and data.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from dvclive import Live
+from sklearn.model_selection import train_test_split
+
+from transferkit.config import Params
+from transferkit.data.cache import PreparedData
+from transferkit.evaluation.plots import training_curves_figure
+from transferkit.models.classifier import ImageClassifier, build_classifier
+from transferkit.stages.common import configure_threads, console, main, resolve_device
+from transferkit.training.batches import FeatureBatches, ImageBatches
+from transferkit.training.checkpoint import load_checkpoint, save_checkpoint
+from transferkit.training.feature_cache import (
+    VIEW_SETS,
+    cache_key,
+    cached_features,
+    compute_features,
+    onnx_trunk,
+    torch_trunk,
+)
+from transferkit.training.loop import Batches, Trainer, class_weights
+from transferkit.training.strategies import cut_index
+
+LAST, BEST, MODEL = "last.pt", "best.pt", "model.pt"
+
+
+def training_indices(prepared: PreparedData, fraction: float, seed: int) -> np.ndarray:
+    """The train split, or a stratified ``fraction`` of it (for data-efficiency studies)."""
+    indices = prepared.indices("train")
+    if fraction >= 1.0:
+        return indices
+    keep, _ = train_test_split(indices, train_size=fraction, stratify=prepared.labels(indices), random_state=seed)
+    return np.sort(keep)
+
+
+def checkpoint_meta(params: Params, prepared: PreparedData, model: ImageClassifier, cut: int) -> dict[str, Any]:
+    return {
+        "architecture": params.model.architecture,
+        "weights": params.model.weights,
+        "dropout": params.model.dropout,
+        "class_names": prepared.class_names,
+        "image_size": prepared.image_size,
+        "resize": prepared.meta["resize"],
+        "source": prepared.meta["source"],
+        "unit_names": model.unit_names,
+        "cut": cut,
+        "strategy": params.train.strategy,
+        "data_hash": prepared.data_hash,
+        "params_hash": params.section_hash("data", "model", "train"),
+        "params": {name: getattr(params, name).model_dump(mode="json") for name in ("data", "model", "train")},
+    }
+
+
+def _use_feature_cache(params: Params, device: torch.device, cut: int) -> bool:
+    if cut == 0 or params.train.feature_cache == "off":
+        return False
+    return params.train.feature_cache == "on" or device.type == "cpu"
+
+
+def build_batches(
+    params: Params, prepared: PreparedData, model: ImageClassifier, cut: int, device: torch.device, threads: int
+) -> tuple[Batches, Batches]:
+    train_idx = training_indices(prepared, params.train.fraction, params.train.seed)
+    val_idx = prepared.indices("val")
+    train_labels = torch.from_numpy(prepared.labels(train_idx))
+    val_labels = torch.from_numpy(prepared.labels(val_idx))
+    model.eval()
+    batch, seed = params.train.batch_size, params.train.seed
+    if not _use_feature_cache(params, device, cut):
+        trunk = torch_trunk(model, cut, device)
+        return (
+            ImageBatches(prepared.images_chw(train_idx), train_labels, batch, seed, trunk, params.train.augment),
+            ImageBatches(prepared.images_chw(val_idx), val_labels, batch, seed, trunk),
+        )
+    if device.type == "cpu":
+        trunk = onnx_trunk(model, cut, prepared.image_size, threads)
+    else:
+        trunk = torch_trunk(model, cut, device)
+    cache_dir = Path(params.paths.feature_cache)
+    identity = {
+        "architecture": params.model.architecture,
+        "weights": params.model.weights,
+        "cut": cut,
+        "data_hash": prepared.data_hash,
+    }
+
+    def features(indices: np.ndarray, views: tuple[int, ...], name: str) -> torch.Tensor:
+        key = cache_key(**identity, indices=indices.tolist(), views=views)
+        return cached_features(
+            cache_dir, key, lambda: compute_features(trunk, prepared.images_chw(indices), views, 64, f"cache {name}")
+        )
+
+    views = VIEW_SETS[params.train.cache_views]
+    return (
+        FeatureBatches(features(train_idx, views, "train"), train_labels, batch, seed),
+        FeatureBatches(features(val_idx, (0,), "val"), val_labels, batch, seed),
+    )
+
+
+def _resume(trainer: Trainer, model: ImageClassifier, last: Path, fingerprint: str) -> bool:
+    """Restore model and loop state from ``last`` if it belongs to this very run configuration."""
+    if not last.is_file():
+        return False
+    payload = load_checkpoint(last)
+    if payload["meta"].get("fingerprint") != fingerprint:
+        console.print("[yellow]params or data changed since the last checkpoint; starting over[/]")
+        return False
+    model.load_state_dict(payload["model"])
+    trainer.load_state_dict(payload["trainer"])
+    console.print(f"resuming after epoch {trainer.next_epoch} from {last}")
+    return True
+
+
+def run(params: Params) -> dict[str, Any]:
+    started = time.perf_counter()
+    threads = configure_threads(params.train.num_threads)
+    device = resolve_device(params.train.device)
+    prepared = PreparedData.load(params.paths.prepared)
+    torch.manual_seed(params.train.seed)
+    model = build_classifier(
+        params.model.architecture, params.model.weights, len(prepared.class_names), params.model.dropout
+    )
+    cut = cut_index(params.train, model.num_units)
+    train_batches, val_batches = build_batches(params, prepared, model, cut, device, threads)
+    weights = class_weights(train_batches.labels.numpy(), len(prepared.class_names), params.train.class_weighting)
+    steps = -(-len(train_batches) // params.train.batch_size)
+    trainer = Trainer(model, params.train, cut, device, steps, weights)
+
+    meta = checkpoint_meta(params, prepared, model, cut)
+    meta["fingerprint"] = meta["params_hash"] + meta["data_hash"]
+    checkpoints = Path(params.paths.checkpoints)
+    _resume(trainer, model, checkpoints / LAST, meta["fingerprint"])
+
+    with Live(dir=params.paths.train_reports, save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        for record in trainer.history:  # replay a resumed run so the curves are complete
+            _log_epoch(live, asdict(record))
+        while not trainer.should_stop():
+            record = trainer.run_epoch(trainer.next_epoch, train_batches, val_batches)
+            _log_epoch(live, asdict(record))
+            console.print(
+                f"epoch {record.epoch + 1}: train loss {record.train_loss:.4f}, val loss {record.val_loss:.4f}, "
+                f"val acc {record.val_accuracy:.4f}, val macro-F1 {record.val_macro_f1:.4f}"
+                + (" (best)" if record.is_best else ""),
+                highlight=False,
+            )
+            if record.is_best:
+                save_checkpoint(checkpoints / BEST, model, meta)
+            save_checkpoint(checkpoints / LAST, model, meta, trainer=trainer.state_dict())
+        best = load_checkpoint(checkpoints / BEST)
+        history = [asdict(r) for r in trainer.history]
+        best_record = history[trainer.best_epoch]
+        summary = {
+            "best_epoch": trainer.best_epoch + 1,
+            "epochs_run": len(history),
+            "val_accuracy": best_record["val_accuracy"],
+            "val_macro_f1": best_record["val_macro_f1"],
+            "val_loss": best_record["val_loss"],
+            "train_images": len(train_batches),
+            "train_seconds": round(time.perf_counter() - started, 1),
+            "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 1),
+            "device": device.type,
+            "feature_cache": isinstance(train_batches, FeatureBatches),
+        }
+        live.summary = {key: value for key, value in summary.items() if not isinstance(value, str)}
+        live.log_image("training_curves.png", training_curves_figure(history, trainer.best_epoch))
+    best["meta"]["training"] = summary
+    save_checkpoint(Path(params.paths.train) / MODEL, model_with(best, model), best["meta"])
+    # The run finished: resuming is only for interrupted runs (a rerun after a code change must retrain).
+    (checkpoints / LAST).unlink()
+    console.print(
+        f"best epoch {summary['best_epoch']} (val macro-F1 {summary['val_macro_f1']:.4f}) "
+        f"-> {params.paths.train}/{MODEL} in {summary['train_seconds']} s"
+    )
+    return summary
+
+
+def model_with(payload: dict[str, Any], model: ImageClassifier) -> ImageClassifier:
+    """``model`` carrying the weights stored in a checkpoint payload."""
+    model.load_state_dict(payload["model"])
+    return model
+
+
+def _log_epoch(live: Live, record: dict[str, Any]) -> None:
+    for key in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr"):
+        live.log_metric(key.replace("_", "/", 1), record[key])
+    live.next_step()
+
+
+if __name__ == "__main__":
+    main(run)

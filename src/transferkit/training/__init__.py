@@ -1,0 +1,1 @@
+"""Strategies, optimiser groups, the feature cache, the training loop and checkpoints."""

@@ -1,0 +1,68 @@
+"""Batch sources for the loop: cached activations or images, both seeded per epoch.
+
+Shuffling uses a generator seeded by (seed, epoch), so a resumed run sees the same batches the
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from transferkit.config import AugmentParams
+from transferkit.training.augment import augment_batch, build_transform
+from transferkit.training.feature_cache import TrunkFn
+
+
+def _order(count: int, seed: int, epoch: int, shuffle: bool) -> tuple[torch.Tensor, torch.Generator]:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return (torch.randperm(count, generator=generator) if shuffle else torch.arange(count)), generator
+
+
+class FeatureBatches:
+    """Cached activations (views, N, ...); training draws one random view per sample per epoch."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int) -> None:
+        self.features, self.labels, self.batch_size, self.seed = features, labels, batch_size, seed
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, epoch: int, shuffle: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order, generator = _order(len(self), self.seed, epoch, shuffle)
+        views = (
+            torch.randint(self.features.shape[0], (len(self),), generator=generator)
+            if shuffle
+            else torch.zeros(len(self), dtype=torch.long)
+        )
+        for chunk in order.split(self.batch_size):
+            yield self.features[views[chunk], chunk].float(), self.labels[chunk]
+
+
+class ImageBatches:
+    """uint8 images, augmented on the fly when training, then run through the frozen trunk."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        seed: int,
+        trunk: TrunkFn,
+        augment: AugmentParams | None = None,
+    ) -> None:
+        self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
+        self.trunk, self.augment = trunk, augment
+        self.transform = build_transform(augment) if augment else None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, epoch: int, shuffle: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order, _ = _order(len(self), self.seed, epoch, shuffle)
+        for chunk in order.split(self.batch_size):
+            images = self.images[chunk]
+            if shuffle and self.augment is not None and self.transform is not None:
+                images = augment_batch(images, self.augment, self.transform)
+            yield self.trunk(images), self.labels[chunk]

@@ -1,0 +1,186 @@
+"""The training loop: AdamW, warmup + cosine, label smoothing, early stopping on validation.
+
+Inputs arrive already at unit ``cut`` (cached features, or images run through the frozen units),
+so the same loop serves every strategy, the CPU feature-cache path and the GPU end-to-end path.
+All loop state lives in ``Trainer.state_dict()`` so a killed run resumes from its last epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from torch import nn
+from tqdm import tqdm
+
+from transferkit.config import TrainParams
+from transferkit.models.classifier import ImageClassifier
+from transferkit.training.strategies import lowest_trainable, param_groups, set_trainable
+
+
+class Batches(Protocol):
+    """An epoch's worth of (inputs at unit ``cut``, labels)."""
+
+    labels: torch.Tensor
+
+    def __len__(self) -> int: ...
+
+    def batches(self, epoch: int, shuffle: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | None:
+    """'balanced' weights n / (k * count_c), as scikit-learn's compute_class_weight defines them."""
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = len(labels) / (num_classes * np.maximum(counts, 1.0))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps))
+    if warmup_steps == 0:
+        return cosine
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup_steps)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_macro_f1: float
+    lr: float
+    lowest_trainable_unit: int
+    images_per_second: float
+    is_best: bool = False
+
+    def score(self, metric: str) -> float:
+        """Higher is better for every selection metric (the loss is negated)."""
+        return -self.val_loss if metric == "loss" else getattr(self, f"val_{metric}")
+
+
+@dataclass
+class Trainer:
+    model: ImageClassifier
+    params: TrainParams
+    cut: int
+    device: torch.device
+    steps_per_epoch: int
+    weights: torch.Tensor | None = None
+    history: list[EpochRecord] = field(default_factory=list)
+    best_score: float = -math.inf
+    best_epoch: int = -1
+
+    def __post_init__(self) -> None:
+        self.model.to(self.device)
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, self.params, self.cut))
+        total = self.params.epochs * self.steps_per_epoch
+        self.scheduler = build_scheduler(self.optimizer, self.params.warmup_epochs * self.steps_per_epoch, total)
+        weight = self.weights.to(self.device) if self.weights is not None else None
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=self.params.label_smoothing)
+
+    # --- state for checkpoints -------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": [vars(r).copy() for r in self.history],
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = [EpochRecord(**r) for r in state["history"]]
+        self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
+
+    @property
+    def next_epoch(self) -> int:
+        return len(self.history)
+
+    def should_stop(self) -> bool:
+        if self.next_epoch >= self.params.epochs:
+            return True
+        return self.next_epoch - 1 - self.best_epoch >= self.params.early_stopping_patience
+
+    # --- one epoch -------------------------------------------------------------------------
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and self.device.type == "cuda" else x
+
+    def run_epoch(self, epoch: int, train: Batches, val: Batches) -> EpochRecord:
+        torch.manual_seed(self.params.seed * 100_003 + epoch)  # dropout/augmentation: same on resume
+        lowest = lowest_trainable(self.params, self.model.num_units, epoch)
+        self.model.train()
+        set_trainable(self.model, lowest)
+        total_loss, seen, started = 0.0, 0, time.perf_counter()
+        with tqdm(
+            total=len(train), desc=f"epoch {epoch + 1}/{self.params.epochs}", unit="img", dynamic_ncols=True
+        ) as bar:
+            for inputs, labels in train.batches(epoch, shuffle=True):
+                inputs, labels = self._to_device(inputs), labels.to(self.device)
+                with self._autocast():
+                    loss = self.criterion(self.model.forward_top(inputs, self.cut).float(), labels)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.scheduler.step()
+                total_loss += float(loss.detach()) * len(labels)
+                seen += len(labels)
+                bar.update(len(labels))
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        throughput = seen / max(time.perf_counter() - started, 1e-9)
+        val_loss, accuracy, macro_f1 = self.validate(val)
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=total_loss / max(seen, 1),
+            val_loss=val_loss,
+            val_accuracy=accuracy,
+            val_macro_f1=macro_f1,
+            lr=self.optimizer.param_groups[-1]["lr"],
+            lowest_trainable_unit=lowest,
+            images_per_second=throughput,
+        )
+        score = record.score(self.params.selection_metric)
+        record.is_best = score > self.best_score
+        if record.is_best:
+            self.best_score, self.best_epoch = score, epoch
+        self.history.append(record)
+        return record
+
+    @torch.inference_mode()
+    def predict_logits(self, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
+        self.model.eval()
+        logits, labels = [], []
+        for inputs, target in batches.batches(0, shuffle=False):
+            with self._autocast():
+                logits.append(self.model.forward_top(self._to_device(inputs), self.cut).float().cpu())
+            labels.append(target)
+        return torch.cat(logits), torch.cat(labels)
+
+    def validate(self, val: Batches) -> tuple[float, float, float]:
+        logits, labels = self.predict_logits(val)
+        loss = float(nn.functional.cross_entropy(logits, labels))
+        predicted = logits.argmax(1).numpy()
+        return (
+            loss,
+            float(accuracy_score(labels.numpy(), predicted)),
+            float(f1_score(labels.numpy(), predicted, average="macro", zero_division=0)),
+        )

@@ -47,7 +47,8 @@ def export_onnx(model: ImageClassifier, image_size: int, opset: int, metadata: d
     buffer = io.BytesIO()
     example = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
     torch.onnx.export(
-        _ExportedClassifier(model.eval().cpu()),
+        # eval() on the wrapper: the exporter restores the wrapper's mode afterwards, recursively.
+        _ExportedClassifier(model.cpu()).eval(),
         (example,),
         buffer,
         input_names=[INPUT_NAME],

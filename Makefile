@@ -1,0 +1,38 @@
+# The README's two commands: `make pipeline` (set up + run the full pipeline) and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Offline hygiene: no telemetry, no update checks (see ../shared/ENVIRONMENT.md).
+export DVC_NO_ANALYTICS := 1
+export DO_NOT_TRACK := 1
+
+.PHONY: setup pipeline test lint bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	$(BIN)/python -m pip install -q -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	touch $@
+
+pipeline: setup
+	$(BIN)/transferkit data elpv --dest data/raw/elpv
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,100 @@
+"""The real pipeline through `dvc repro` on a shrunk config in a throw-away copy of the project."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tests.conftest import make_project, run_tool, set_params
+from transferkit.export.onnx_export import read_metadata
+
+pytestmark = pytest.mark.slow
+STAGES = ("prepare", "train", "evaluate", "gate", "export")
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory: pytest.TempPathFactory, elpv_subset: Path) -> tuple[Path, str]:
+    """One `dvc repro` of the shrunk pipeline, shared by the tests of this module (in order)."""
+    root = make_project(tmp_path_factory.mktemp("repro"), elpv_subset)
+    result = run_tool(["dvc", "repro"], root)
+    return root, result.stdout + result.stderr
+
+
+def test_every_stage_runs_and_writes_its_outputs(reproduced) -> None:
+    root, log = reproduced
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in log
+    data = json.loads((root / "reports/data.json").read_text())
+    assert data["total"] == 160 and data["skipped"] == []
+    assert sum(data["counts"]["test"].values()) == 40
+    metrics = json.loads((root / "reports/evaluate/metrics.json").read_text())
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "ece", "per_class", "slices", "slice_gap"):
+        assert key in metrics
+    assert set(metrics["slices"]) == {"mono", "poly"}
+    for png in ("reports/evaluate/confusion_matrix.png", "reports/train/plots/images/training_curves.png"):
+        assert (root / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (root / "reports/train/plots/metrics/val/macro_f1.tsv").is_file()
+    assert "## Test results" in (root / "models/export/model_card.md").read_text()
+    assert "dvc.lock" in {p.name for p in root.iterdir()}
+
+
+def test_exported_model_is_verified_and_self_describing(reproduced) -> None:
+    root, _ = reproduced
+    parity = json.loads((root / "reports/export.json").read_text())["parity"]
+    assert parity["passed"] and parity["max_abs_diff"] <= 1e-4 and parity["argmax_agreement"] == 1.0
+    metadata = read_metadata(onnx.load(str(root / "models/export/model.onnx")))
+    assert metadata["class_names"] == ["functional", "defective"]
+    assert metadata["image_size"] == 64 and metadata["resize"] == "bilinear"
+    metrics = json.loads((root / "reports/evaluate/metrics.json").read_text())
+    assert metadata["test_metrics"]["accuracy"] == metrics["accuracy"]
+    assert len(metadata["data_hash"]) == 16 and len(metadata["params_hash"]) == 16
+
+
+def test_second_repro_is_a_no_op(reproduced) -> None:
+    root, _ = reproduced
+    log = run_tool(["dvc", "repro"], root).stdout
+    assert "Running stage" not in log
+    assert "up to date" in run_tool(["dvc", "status"], root).stdout
+
+
+def test_changing_train_params_does_not_rerun_prepare(reproduced) -> None:
+    root, _ = reproduced
+    original = (root / "params.yaml").read_text()
+    set_params(root, train__epochs=3)
+    try:
+        status = json.loads(run_tool(["dvc", "status", "--json"], root).stdout)
+        assert "train" in status and "prepare" not in status
+    finally:
+        (root / "params.yaml").write_text(original)
+
+
+def test_predict_on_a_folder_agrees_with_evaluation(reproduced) -> None:
+    root, _ = reproduced
+    output = root / "predictions.csv"
+    run_tool(["transferkit", "predict", "models/export/model.onnx", "data/raw/elpv/images", "-o", str(output)], root)
+    with output.open() as handle:
+        predicted = {Path(row["file"]).name: row for row in csv.DictReader(handle)}
+    assert len(predicted) == 160
+    with (root / "reports/evaluate/predictions.csv").open() as handle:
+        evaluated = list(csv.DictReader(handle))
+    assert len(evaluated) == 40
+    for row in evaluated:  # same preprocessing, same model: the same answer for every test image
+        assert predicted[Path(row["file"]).name]["label"] == row["predicted"]
+
+
+def test_failing_gate_stops_export_and_keeps_the_previous_model(reproduced) -> None:
+    root, _ = reproduced
+    model_before = (root / "models/export/model.onnx").read_bytes()
+    set_params(root, gate__min_accuracy=0.999, gate__min_macro_f1=0.999)
+    result = run_tool(["dvc", "repro"], root, check=False)
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "min_accuracy" in log and "min_macro_f1" in log and "FAILED" in log
+    assert "Running stage 'export'" not in log
+    assert (root / "models/export/model.onnx").read_bytes() == model_before
+    gate = json.loads((root / "reports/gate.json").read_text())
+    assert gate["passed"] is False

@@ -1,0 +1,100 @@
+"""params.yaml validation: every mistake is named with its key and the allowed values."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, run_tool
+from transferkit.config import Params, load_params, parse_params
+from transferkit.errors import ConfigError
+
+
+def test_repository_params_file_is_valid_and_complete() -> None:
+    params = load_params(REPO / "params.yaml")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    # Every section in the file round-trips, i.e. nothing in params.yaml is silently ignored.
+    assert params.model_dump(mode="json").keys() == raw.keys()
+    assert params.train.strategy in {"linear", "finetune", "gradual", "scratch"}
+
+
+def _error(raw: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw)
+    return str(info.value)
+
+
+def test_unknown_key_is_named_with_the_allowed_keys() -> None:
+    message = _error({"train": {"epoch": 3}})
+    assert "train.epoch: unknown key" in message
+    assert "epochs" in message and "strategy" in message
+
+
+def test_unknown_section_is_named() -> None:
+    assert "trainer: unknown key" in _error({"trainer": {}})
+
+
+def test_unknown_strategy_lists_the_choices() -> None:
+    message = _error({"train": {"strategy": "finetuning"}})
+    assert "train.strategy" in message
+    for choice in ("linear", "finetune", "gradual", "scratch"):
+        assert choice in message
+
+
+def test_unknown_architecture_lists_the_choices() -> None:
+    message = _error({"model": {"architecture": "resnet101"}})
+    assert "model.architecture" in message and "efficientnet_lite0" in message and "resnet18" in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"train": {"lr": 0}}, "train.lr"),
+        ({"train": {"lr": -1e-3}}, "train.lr"),
+        ({"train": {"epochs": "many"}}, "train.epochs"),
+        ({"data": {"image_size": 8}}, "data.image_size"),
+        ({"gate": {"min_accuracy": 1.5}}, "gate.min_accuracy"),
+    ],
+)
+def test_impossible_values_name_their_key(raw: dict, key: str) -> None:
+    assert key in _error(raw)
+
+
+def test_split_fractions_must_sum_to_one() -> None:
+    message = _error({"data": {"split": {"train": 0.7, "val": 0.2, "test": 0.25}}})
+    assert "data.split" in message and "sum to 1" in message
+
+
+def test_scratch_cannot_freeze_units() -> None:
+    assert "frozen_units must be 0" in _error({"train": {"strategy": "scratch", "frozen_units": 3}})
+
+
+def test_overrides_use_dotted_keys(tmp_path) -> None:
+    file = tmp_path / "params.yaml"
+    file.write_text((REPO / "params.yaml").read_text())
+    params = load_params(file, {"train.epochs": 3, "train.augment.hflip": False})
+    assert params.train.epochs == 3 and params.train.augment.hflip is False
+
+
+def test_missing_file_and_bad_yaml(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_section_hash_changes_with_its_section_only() -> None:
+    base = Params()
+    changed_train = parse_params({"train": {"epochs": 99}})
+    assert base.section_hash("data") == changed_train.section_hash("data")
+    assert base.section_hash("train") != changed_train.section_hash("train")
+
+
+def test_cli_check_params_exits_non_zero_with_the_message(tmp_path) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train:\n  strategy: magic\n")
+    result = run_tool(["transferkit", "check-params", "--params", str(bad)], tmp_path, check=False)
+    assert result.returncode == 2
+    assert "train.strategy" in result.stderr and "finetune" in result.stderr

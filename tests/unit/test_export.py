@@ -1,0 +1,93 @@
+"""ONNX export: uint8 input, dynamic batch, in-graph normalisation, metadata, parity checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from transferkit.errors import ExportError, ModelError
+from transferkit.export.onnx_export import MAX_IR_VERSION, check_parity, export_onnx, read_metadata
+from transferkit.models.classifier import build_classifier
+from transferkit.serving.onnx_model import OnnxClassifier
+
+META = {"class_names": ["functional", "defective"], "image_size": 64, "resize": "bilinear", "data_hash": "abc"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
+    torch.manual_seed(0)
+    model = build_classifier("efficientnet_lite0", "imagenet", num_classes=2, dropout=0.2).eval()
+    path = tmp_path_factory.mktemp("export") / "model.onnx"
+    path.write_bytes(export_onnx(model, 64, 17, META))
+    return model, path
+
+
+def test_onnx_model_matches_pytorch_for_any_batch_size(exported) -> None:
+    model, path = exported
+    classifier = OnnxClassifier(path, device="cpu")
+    for batch in (1, 5):
+        images = np.random.default_rng(batch).integers(0, 256, (batch, 3, 64, 64), dtype=np.uint8)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(images)).numpy()
+        actual = classifier.logits(images)
+        assert actual.shape == (batch, 2)
+        assert np.abs(actual - expected).max() < 1e-4
+
+
+def test_metadata_and_ir_version_travel_with_the_model(exported) -> None:
+    _, path = exported
+    proto = onnx.load(str(path))
+    assert proto.ir_version <= MAX_IR_VERSION
+    assert read_metadata(proto) == META
+    graph_input = proto.graph.input[0]
+    assert graph_input.name == "images"
+    assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [o.name for o in proto.graph.output] == ["logits", "probabilities"]
+
+
+def test_predictions_carry_class_names_and_probabilities(exported) -> None:
+    _, path = exported
+    predictions = OnnxClassifier(path, device="cpu").predict(np.zeros((2, 3, 64, 64), dtype=np.uint8))
+    assert {p.label for p in predictions} <= set(META["class_names"])
+    assert all(abs(sum(p.probabilities.values()) - 1) < 1e-5 for p in predictions)
+
+
+def test_parity_check_fails_loudly() -> None:
+    logits = np.array([[1.0, 0.0], [0.0, 1.0]])
+    labels = np.array([0, 1])
+    assert check_parity(logits + 1e-6, logits, labels, 1e-4).passed
+    with pytest.raises(ExportError, match="disagrees with PyTorch"):
+        check_parity(logits + 1e-2, logits, labels, 1e-4)
+    with pytest.raises(ExportError, match=r"argmax agreement 0\.5000"):
+        check_parity(np.array([[0.0, 1.0], [0.0, 1.0]]), logits, labels, 10.0)
+
+
+def test_broken_or_foreign_model_files_are_rejected(tmp_path: Path) -> None:
+    (tmp_path / "broken.onnx").write_bytes(b"\x00garbage")
+    with pytest.raises(ModelError, match="not a readable ONNX model"):
+        OnnxClassifier(tmp_path / "broken.onnx", device="cpu")
+    with pytest.raises(ModelError, match="model file not found"):
+        OnnxClassifier(tmp_path / "missing.onnx", device="cpu")
+    foreign = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"])],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        )
+    )
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    with pytest.raises(ModelError, match="lacks transferkit metadata"):
+        OnnxClassifier(tmp_path / "foreign.onnx", device="cpu")
+
+
+def test_cuda_request_without_a_gpu_never_falls_back_silently(exported) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    _, path = exported
+    with pytest.raises(ModelError, match="CUDA"):
+        OnnxClassifier(path, device="cuda")

@@ -1,0 +1,103 @@
+"""Feature cache (ONNX Runtime == PyTorch), D4 views, batches, checkpoints and atomic writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from transferkit.errors import ModelError
+from transferkit.io import atomic_write
+from transferkit.models.classifier import build_classifier
+from transferkit.training.batches import FeatureBatches
+from transferkit.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from transferkit.training.feature_cache import (
+    D4_VIEWS,
+    VIEW_SETS,
+    apply_view,
+    cached_features,
+    compute_features,
+    onnx_trunk,
+    torch_trunk,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_classifier("efficientnet_lite0", "imagenet", num_classes=2, dropout=0.2).eval()
+
+
+def test_d4_views_are_the_eight_distinct_symmetries() -> None:
+    image = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4)
+    variants = {apply_view(image, v).flatten().tolist().__str__() for v in range(len(D4_VIEWS))}
+    assert len(variants) == 8
+    assert VIEW_SETS[1] == (0,) and torch.equal(apply_view(image, 0), image)
+
+
+def test_onnx_runtime_trunk_matches_pytorch(model) -> None:
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    reference = torch_trunk(model, 12, torch.device("cpu"))(images)
+    fast = onnx_trunk(model, 12, image_size=64, threads=2)(images)
+    assert fast.shape == reference.shape == (3, 112, 4, 4)
+    assert (fast - reference).abs().max().item() < 1e-4
+
+
+def test_linear_probe_features_are_pooled(model) -> None:
+    features = torch_trunk(model, model.num_units, torch.device("cpu"))(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
+    assert features.shape == (2, 1280, 1, 1)
+
+
+def test_cached_features_are_computed_once(tmp_path: Path, model) -> None:
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return compute_features(torch_trunk(model, 5, torch.device("cpu")), images, VIEW_SETS[2], 2, "test")
+
+    first = cached_features(tmp_path, "key", compute)
+    second = cached_features(tmp_path, "key", compute)
+    assert len(calls) == 1 and first.shape[:2] == (2, 4) and first.dtype == torch.float16
+    assert torch.equal(first, second)
+
+
+def test_feature_batches_are_reproducible_per_epoch() -> None:
+    features = torch.randn(8, 10, 4).half()
+    labels = torch.arange(10)
+    batches = FeatureBatches(features, labels, batch_size=4, seed=3)
+    epoch1 = [y.tolist() for _, y in batches.batches(1, shuffle=True)]
+    assert epoch1 == [y.tolist() for _, y in batches.batches(1, shuffle=True)]
+    assert epoch1 != [y.tolist() for _, y in batches.batches(2, shuffle=True)]
+    unshuffled = list(batches.batches(0, shuffle=False))
+    assert torch.equal(unshuffled[0][0], features[0, :4].float())  # evaluation uses the identity view
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path: Path, model) -> None:
+    meta = {"architecture": "efficientnet_lite0", "class_names": ["a", "b"], "dropout": 0.2, "image_size": 64}
+    save_checkpoint(tmp_path / "m.pt", model, meta)
+    payload = load_checkpoint(tmp_path / "m.pt")
+    restored = model_from_checkpoint(payload)
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(restored(images), model(images))
+    assert payload["meta"] == meta
+
+
+def test_damaged_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(ModelError, match="run the train stage first"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_write(target) as handle:
+        handle.write(b"partial")
+        raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"old"
+    assert list(tmp_path.iterdir()) == [target]  # no temp file left behind

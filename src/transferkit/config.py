@@ -93,6 +93,7 @@ class TrainParams(Section):
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
     class_weighting: Literal["balanced", "none"] = "balanced"
     early_stopping_patience: Annotated[int, Field(ge=1)] = 5
     selection_metric: Literal["macro_f1", "accuracy", "loss"] = "macro_f1"

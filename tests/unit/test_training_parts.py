@@ -101,3 +101,22 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> N
         raise RuntimeError("killed mid-write")
     assert target.read_bytes() == b"old"
     assert list(tmp_path.iterdir()) == [target]  # no temp file left behind
+
+
+def test_ema_weights_are_validated_and_survive_a_resume(model) -> None:
+    from transferkit.config import TrainParams
+    from transferkit.training.loop import Trainer
+
+    train = TrainParams(ema_decay=0.9, frozen_units=17, epochs=2)
+    trainer = Trainer(model, train, cut=17, device=torch.device("cpu"), steps_per_epoch=2)
+    features = torch.randn(4, 320, 2, 2)  # the input of unit 17 (head_conv)
+    labels = torch.tensor([0, 1, 0, 1])
+    for _ in range(3):
+        trainer.train_step(features, labels)
+    assert trainer.evaluation_model is not trainer.model
+    raw, ema = trainer.model.head[2].weight, trainer.evaluation_model.head[2].weight
+    assert not torch.equal(raw, ema)  # the average lags behind the raw weights
+
+    resumed = Trainer(model, train, cut=17, device=torch.device("cpu"), steps_per_epoch=2)
+    resumed.load_state_dict(trainer.state_dict())
+    assert torch.equal(resumed.evaluation_model.head[2].weight, ema)

@@ -159,7 +159,7 @@ def run(params: Params) -> dict[str, Any]:
                 highlight=False,
             )
             if record.is_best:
-                save_checkpoint(checkpoints / BEST, model, meta)
+                save_checkpoint(checkpoints / BEST, trainer.evaluation_model, meta)
             save_checkpoint(checkpoints / LAST, model, meta, trainer=trainer.state_dict())
         best = load_checkpoint(checkpoints / BEST)
         history = [asdict(r) for r in trainer.history]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from transferkit.config import TrainParams
@@ -91,6 +92,18 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.params.warmup_epochs * self.steps_per_epoch, total)
         weight = self.weights.to(self.device) if self.weights is not None else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=self.params.label_smoothing)
+        # An exponential moving average of the weights (BatchNorm statistics included) is what gets
+        # validated and kept: on small datasets it smooths the epoch-to-epoch swings of the raw weights.
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.params.ema_decay), use_buffers=True)
+            if self.params.ema_decay
+            else None
+        )
+
+    @property
+    def evaluation_model(self) -> ImageClassifier:
+        """The weights that are validated and saved: the EMA when enabled, else the raw model."""
+        return self.ema.module if self.ema is not None else self.model
 
     # --- state for checkpoints -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -100,6 +113,7 @@ class Trainer:
             "history": [vars(r).copy() for r in self.history],
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -107,6 +121,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = [EpochRecord(**r) for r in state["history"]]
         self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
 
     @property
     def next_epoch(self) -> int:
@@ -125,6 +141,19 @@ class Trainer:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and self.device.type == "cuda" else x
 
+    def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> float:
+        """One optimiser step on a batch that starts at unit ``cut``; returns the batch loss."""
+        inputs, labels = self._to_device(inputs), labels.to(self.device)
+        with self._autocast():
+            loss = self.criterion(self.model.forward_top(inputs, self.cut).float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return float(loss.detach())
+
     def run_epoch(self, epoch: int, train: Batches, val: Batches) -> EpochRecord:
         torch.manual_seed(self.params.seed * 100_003 + epoch)  # dropout/augmentation: same on resume
         lowest = lowest_trainable(self.params, self.model.num_units, epoch)
@@ -135,14 +164,8 @@ class Trainer:
             total=len(train), desc=f"epoch {epoch + 1}/{self.params.epochs}", unit="img", dynamic_ncols=True
         ) as bar:
             for inputs, labels in train.batches(epoch, shuffle=True):
-                inputs, labels = self._to_device(inputs), labels.to(self.device)
-                with self._autocast():
-                    loss = self.criterion(self.model.forward_top(inputs, self.cut).float(), labels)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                self.scheduler.step()
-                total_loss += float(loss.detach()) * len(labels)
+                loss = self.train_step(inputs, labels)
+                total_loss += loss * len(labels)
                 seen += len(labels)
                 bar.update(len(labels))
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}")
@@ -167,11 +190,11 @@ class Trainer:
 
     @torch.inference_mode()
     def predict_logits(self, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
-        self.model.eval()
+        model = self.evaluation_model.eval()
         logits, labels = [], []
         for inputs, target in batches.batches(0, shuffle=False):
             with self._autocast():
-                logits.append(self.model.forward_top(self._to_device(inputs), self.cut).float().cpu())
+                logits.append(model.forward_top(self._to_device(inputs), self.cut).float().cpu())
             labels.append(target)
         return torch.cat(logits), torch.cat(labels)
 

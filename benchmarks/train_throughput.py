@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transferkit.config import Params, TrainParams
+from transferkit.config import Params, load_params
 from transferkit.data.elpv import package_data_dir
 from transferkit.models.classifier import build_classifier
 from transferkit.preprocessing import load_for_model
@@ -55,15 +55,18 @@ def train_steps(trainer: Trainer, inputs: torch.Tensor, labels: torch.Tensor) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image-size", type=int, default=Params().data.image_size)
+    parser.add_argument("--params", default="params.yaml", help="the pipeline's params (train section is used)")
+    parser.add_argument("--image-size", type=int, default=None, help="default: data.image_size from --params")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    params: Params = load_params(args.params)
+    args.image_size = args.image_size or params.data.image_size
 
     threads = configure_threads(0)
     device = resolve_device(args.device)
-    defaults = Params().train
+    defaults = params.train
     files = sorted((package_data_dir() / "images").iterdir())[:256]
     images = torch.from_numpy(np.stack([load_for_model(f, args.image_size, "bilinear") for f in files]))
     batch = images[: args.batch_size]
@@ -79,12 +82,12 @@ def main() -> None:
     features = trunk(batch)
     fast = Trainer(fast_model, defaults, cut, device, steps_per_epoch=10)
     naive_model = build_classifier("efficientnet_lite0", "imagenet", 2, 0.2)
-    naive = Trainer(naive_model, TrainParams(frozen_units=0), 0, device, steps_per_epoch=10)
+    naive = Trainer(naive_model, defaults.model_copy(update={"frozen_units": 0}), 0, device, steps_per_epoch=10)
 
     transform = build_transform(defaults.augment)
     methods: dict[str, Callable[[], int]] = {
         "train_top_on_cached_features": train_steps(fast, features, labels),
-        "naive_full_finetune": train_steps(naive, batch, labels),
+        "naive_full_finetune": train_steps(naive, naive_model.trunk(batch, 0), labels),  # cut 0 = normalised
         "cache_frozen_units": lambda: len(trunk(batch)),
         "decode_resize_png": lambda: len([load_for_model(f, args.image_size, "bilinear") for f in files[:64]]),
         "augment_batch": lambda: len(augment_batch(batch, defaults.augment, transform)),

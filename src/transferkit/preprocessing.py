@@ -52,7 +52,7 @@ def to_model_input(image: Image.Image, size: int, resize: str) -> np.ndarray:
     rgb = image.convert("RGB")
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), RESAMPLING[resize])
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.array(rgb, dtype=np.uint8)  # a writable copy (PIL's buffer view is read-only)
 
 
 def load_for_model(source: str | Path | bytes, size: int, resize: str) -> np.ndarray:

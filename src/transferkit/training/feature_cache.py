@@ -12,7 +12,6 @@ docs/benchmarks.md); on CUDA it runs in PyTorch with bf16 autocast.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from transferkit.export.onnx_export import INPUT_NAME, trace_to_onnx
 from transferkit.io import atomic_write
 from transferkit.models.classifier import ImageClassifier
 
@@ -65,26 +65,14 @@ def onnx_trunk(model: ImageClassifier, cut: int, image_size: int, threads: int) 
     """The frozen units exported to ONNX and run by ONNX Runtime on the CPU."""
     import onnxruntime as ort
 
-    trunk = _Trunk(model, cut).eval().cpu()
-    buffer = io.BytesIO()
-    example = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
-    torch.onnx.export(
-        trunk,
-        (example,),
-        buffer,
-        input_names=["images"],
-        output_names=["features"],
-        dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    proto = trace_to_onnx(_Trunk(model, cut).cpu().eval(), image_size, ["features"], opset=17)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     def run(images: torch.Tensor) -> torch.Tensor:
-        (features,) = session.run(None, {"images": images.cpu().contiguous().numpy()})
+        (features,) = session.run(None, {INPUT_NAME: images.cpu().contiguous().numpy()})
         return torch.from_numpy(features)
 
     return run

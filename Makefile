@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 # Offline hygiene: no telemetry, no update checks (see ../shared/ENVIRONMENT.md).
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
 .PHONY: setup pipeline test lint bench clean-venv
 

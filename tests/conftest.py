@@ -10,8 +10,20 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
+
+# Offline Prefect, isolated from the user's ~/.prefect (set before anything imports prefect).
+os.environ.update(
+    {
+        "PREFECT_HOME": tempfile.mkdtemp(prefix="transferkit-prefect-"),
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "DVC_NO_ANALYTICS": "1",
+    }
+)
 
 import pytest
 import yaml
@@ -85,6 +97,7 @@ def make_project(tmp_path: Path, elpv_subset: Path) -> Path:
     shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
     shutil.copytree(elpv_subset, root / "data" / "raw" / "elpv")
     (root / "params.yaml").write_text(yaml.safe_dump(shrunk_raw(), sort_keys=False))
+    (root / ".gitignore").write_text("/data/raw/elpv\n")  # data belongs to DVC, as in the real repo
     run_tool(["git", "init", "-q"], root)
     run_tool(["git", "add", "-A"], root)
     run_tool(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], root)

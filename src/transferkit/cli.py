@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
 from transferkit.errors import TransferkitError
 from transferkit.stages.common import console, run_stage
 
+if TYPE_CHECKING:
+    pass
+
+T = TypeVar("T")
+
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Set up raw data directories.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+registry_app = typer.Typer(help="Inspect and move the model registry's production pointer.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
 
 ParamsOption = typer.Option("params.yaml", "--params", "-p", help="params file")
+RegistryName = typer.Option("elpv-defects", "--name", "-n", help="registry (model) name")
+RegistryRoot = typer.Option(Path("models/registry"), "--root", help="registry folder")
 
 
 def _stage(name: str) -> None:
@@ -65,6 +76,57 @@ def data_elpv(
     except TransferkitError as error:
         raise _fail(error) from None
     console.print(f"{dest}: {count} ELPV images")
+
+
+def _registry(root: Path, name: str):
+    from transferkit.registry import Registry
+
+    return Registry(root, name)
+
+
+def _registry_call(action):
+    try:
+        return action()
+    except TransferkitError as error:
+        raise _fail(error) from None
+
+
+@registry_app.command("list")
+def registry_list(name: str = RegistryName, root: Path = RegistryRoot) -> None:
+    """Versions with their headline metrics; * marks production."""
+    registry = _registry(root, name)
+    production = registry.production()
+    for version in registry.versions():
+        info = registry.show(version)
+        metrics, lineage = info["metrics"], info["lineage"]
+        console.print(
+            f"{'*' if version == production else ' '} v{version}  accuracy {metrics['accuracy']:.4f}  "
+            f"macro-F1 {metrics['macro_f1']:.4f}  {lineage['created_at']}  "
+            f"commit {lineage.get('git_commit', '?')[:10]}",
+            highlight=False,
+        )
+    if not registry.versions():
+        console.print(f"{name}: no versions yet")
+
+
+@registry_app.command("show")
+def registry_show(version: int, name: str = RegistryName, root: Path = RegistryRoot) -> None:
+    """Lineage and metrics of one version."""
+    typer.echo(json.dumps(_registry_call(lambda: _registry(root, name).show(version)), indent=2))
+
+
+@registry_app.command("promote")
+def registry_promote(version: int, name: str = RegistryName, root: Path = RegistryRoot) -> None:
+    """Make VERSION the production model (an atomic pointer change)."""
+    _registry_call(lambda: _registry(root, name).promote(version))
+    console.print(f"{name}: production is now v{version}")
+
+
+@registry_app.command("rollback")
+def registry_rollback(name: str = RegistryName, root: Path = RegistryRoot) -> None:
+    """Return production to the version before the current one."""
+    version = _registry_call(lambda: _registry(root, name).rollback())
+    console.print(f"{name}: rolled back, production is now v{version}")
 
 
 def _expand(paths: list[Path]) -> list[Path]:

@@ -1,0 +1,166 @@
+"""The steps the Prefect flow runs, as plain functions (the flow in flows/ only adds Prefect).
+
+Stages run through `dvc repro <stage>`, so DVC decides what is stale, skips what is not, and
+`dvc.lock` stays the record of what ran; the flow never has a second code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from transferkit.config import Params, load_params
+from transferkit.errors import DataError, GateFailed, TransferkitError
+from transferkit.io import atomic_write, read_json, sha256_file
+from transferkit.registry import METRICS, Registry
+
+STAGES = ("prepare", "train", "evaluate", "gate", "export")
+
+
+class TransientError(TransferkitError):
+    """An I/O step failed in a way that may pass on retry (remote storage, network, locks)."""
+
+
+def tool_env() -> dict[str, str]:
+    """This interpreter's bin first on PATH, so dvc.yaml's `python -m transferkit...` is ours."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    return env
+
+
+def run_dvc(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=project, env=tool_env(), capture_output=True, text=True
+    )
+
+
+def apply_overrides(params_file: Path, overrides: dict[str, Any]) -> Params:
+    """Validate dotted overrides, then write them into params.yaml (as `dvc exp run -S` does).
+
+    The file is edited round-trip (comments kept) and only when a value really changes, so an
+    unchanged run leaves params.yaml, and therefore DVC's view of the pipeline, untouched.
+    """
+    params = load_params(params_file, overrides)
+    yaml = YAML()
+    document = yaml.load(params_file.read_text())
+    changed = False
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = document
+        for part in parents:
+            node = node.setdefault(part, {})
+        if node.get(leaf) != value:
+            node[leaf] = value
+            changed = True
+    if changed:
+        with atomic_write(params_file, "w") as handle:
+            yaml.dump(document, handle)
+    return params
+
+
+def sync_data(project: Path, data_path: str) -> str:
+    """Make sure the DVC-tracked raw data is present and recorded; return its DVC hash.
+
+    Missing data is pulled from the configured remote; a changed or new data folder (a new
+    data drop) is `dvc add`-ed, so the new version shows up in git and in `dvc.lock`.
+    """
+    data = project / data_path
+    pointer = data.with_name(data.name + ".dvc")
+    if not data.exists():
+        if not pointer.is_file():
+            raise DataError(
+                f"{data_path} is missing and not DVC-tracked: run `transferkit data elpv` for the embedded "
+                f"dataset, or put your images there and `dvc add {data_path}`"
+            )
+        pulled = run_dvc(project, "pull", str(pointer.relative_to(project)))
+        if pulled.returncode != 0:
+            detail = (pulled.stderr or pulled.stdout).strip().splitlines()[-1:] or ["no output"]
+            if "no remote" in (pulled.stderr + pulled.stdout).lower():
+                raise DataError(
+                    f"{data_path} is missing and no DVC remote is configured: `dvc remote add -d NAME URL`, "
+                    f"then `dvc pull {pointer.name}`"
+                )
+            raise TransientError(f"`dvc pull {pointer.name}` failed: {detail[0]}")
+    else:
+        status = run_dvc(project, "status", "--json", str(pointer.relative_to(project))) if pointer.is_file() else None
+        if status is None or status.stdout.strip() not in ("", "{}"):
+            added = run_dvc(project, "add", data_path)
+            if added.returncode != 0:
+                raise DataError(f"`dvc add {data_path}` failed: {added.stderr.strip()}")
+    return str(YAML(typ="safe").load(pointer.read_text())["outs"][0]["md5"])
+
+
+def repro_stage(project: Path, stage: str, params: Params) -> str:
+    """`dvc repro <stage>`; returns DVC's log. A failed gate becomes GateFailed with its rules."""
+    result = run_dvc(project, "repro", stage)
+    log = result.stdout + result.stderr
+    if result.returncode == 0:
+        return log
+    if stage == "gate" and (project / params.paths.gate_report).is_file():
+        report = read_json(project / params.paths.gate_report)
+        failed = [rule for rule in report["rules"] if not rule["passed"]]
+        if failed:
+            raise GateFailed(
+                "the candidate did not pass the gate; nothing was promoted:\n"
+                + "\n".join(
+                    f"  - {r['rule']}: {r['value']:.4f} (must be {r['comparison']} {r['threshold']:.4f})"
+                    for r in failed
+                )
+            )
+    raise TransferkitError(f"`dvc repro {stage}` failed:\n{log[-3000:]}")
+
+
+def git_commit(project: Path) -> str | None:
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def candidate_files(project: Path, params: Params) -> dict[str, Path]:
+    export = project / params.paths.export
+    return {
+        "model.onnx": export / "model.onnx",
+        "model_card.md": export / "model_card.md",
+        METRICS: project / params.paths.evaluate / "metrics.json",
+        "gate.json": project / params.paths.gate_report,
+    }
+
+
+def promote_candidate(project: Path, params: Params, registry: Registry, data_hash: str) -> tuple[int, bool]:
+    """Register the exported model and make it production; returns (version, is_new).
+
+    A candidate byte-identical to production (a rerun with nothing changed) is not registered
+    again: the registry, like DVC, only records real changes.
+    """
+    files = candidate_files(project, params)
+    production = registry.production()
+    if production is not None:
+        current = registry.version_dir(production) / "model.onnx"
+        if sha256_file(current) == sha256_file(files["model.onnx"]):
+            return production, False
+    lineage = {
+        "git_commit": git_commit(project),
+        "data_hash": data_hash,
+        "dvc_lock_sha256": hashlib.sha256((project / "dvc.lock").read_bytes()).hexdigest(),
+        "model_sha256": sha256_file(files["model.onnx"]),
+        "params": params.model_dump(mode="json"),
+    }
+    version = registry.register(files, lineage)
+    registry.promote(version)
+    return version, True
+
+
+def comparison_markdown(candidate: dict[str, Any], production: dict[str, Any] | None, version: int) -> str:
+    """Markdown table of the candidate's test metrics next to production's."""
+    rows = ["| metric | candidate | production |", "|---|---|---|"]
+    for key in ("accuracy", "macro_f1", "balanced_accuracy", "roc_auc", "ece", "slice_gap"):
+        before = "-" if production is None or production.get(key) is None else f"{production[key]:.4f}"
+        value = "-" if candidate.get(key) is None else f"{candidate[key]:.4f}"
+        rows.append(f"| {key} | {value} | {before} |")
+    return "\n".join([f"## Registry version v{version}", "", *rows])

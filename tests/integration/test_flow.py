@@ -1,0 +1,148 @@
+"""The Prefect flow on the shrunk project, under one session-scoped `prefect_test_harness`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_project, run_tool
+from transferkit import orchestration
+from transferkit.errors import ConfigError, DataError
+from transferkit.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="module")
+def flow_project(tmp_path_factory: pytest.TempPathFactory, elpv_subset: Path, harness) -> Path:
+    return make_project(tmp_path_factory.mktemp("flow"), elpv_subset)
+
+
+def _request(root: Path, **extra):
+    from flows.training_pipeline import TrainingRequest
+
+    return TrainingRequest(project_dir=str(root), registry="cells", **extra)
+
+
+def test_flow_promotes_v1_with_lineage(flow_project: Path) -> None:
+    from flows.training_pipeline import training_pipeline
+
+    result = training_pipeline(_request(flow_project))
+    assert result["version"] == 1 and result["new_version"]
+    registry = Registry(flow_project / "models/registry", "cells")
+    assert registry.production() == 1
+    lineage = registry.show(1)["lineage"]
+    assert lineage["git_commit"] and lineage["data_hash"].endswith(".dir") and lineage["parent_version"] is None
+    assert (registry.version_dir(1) / "model.onnx").is_file()
+    assert (flow_project / "data/raw/elpv.dvc").is_file()  # the new data drop was `dvc add`-ed
+
+
+def test_rerun_with_nothing_changed_trains_nothing(flow_project: Path) -> None:
+    from flows.training_pipeline import training_pipeline
+
+    model = flow_project / "models/train/model.pt"
+    before = model.stat().st_mtime_ns
+    result = training_pipeline(_request(flow_project))
+    assert result == {**result, "version": 1, "new_version": False}
+    assert model.stat().st_mtime_ns == before
+
+
+def test_failing_gate_fails_the_run_and_keeps_production(flow_project: Path) -> None:
+    from flows.training_pipeline import training_pipeline
+
+    original = (flow_project / "params.yaml").read_text()
+    try:
+        state = training_pipeline(
+            _request(flow_project, overrides={"gate.min_accuracy": 0.999}, webhook_url="http://127.0.0.1:9/hook"),
+            return_state=True,
+        )
+    finally:
+        (flow_project / "params.yaml").write_text(original)
+    assert state.is_failed()
+    assert "min_accuracy" in state.message or "min_accuracy" in str(state.result(raise_on_failure=False))
+    assert Registry(flow_project / "models/registry", "cells").production() == 1
+
+
+def test_new_model_becomes_v2_and_rollback_restores_v1(flow_project: Path) -> None:
+    from flows.training_pipeline import training_pipeline
+
+    original = (flow_project / "params.yaml").read_text()
+    try:
+        result = training_pipeline(_request(flow_project, overrides={"train.epochs": 1}))
+    finally:
+        (flow_project / "params.yaml").write_text(original)
+    assert result["version"] == 2
+    registry = Registry(flow_project / "models/registry", "cells")
+    assert registry.show(2)["lineage"]["parent_version"] == 1
+    run_tool(["transferkit", "registry", "rollback", "--name", "cells", "--root", "models/registry"], flow_project)
+    assert registry.production() == 1
+
+
+def test_invalid_flow_parameters_fail_at_submission(flow_project: Path) -> None:
+    from flows.training_pipeline import training_pipeline
+    from prefect.exceptions import ParameterTypeError
+
+    with pytest.raises(ParameterTypeError, match="strategy"):
+        training_pipeline(request={"project_dir": str(flow_project), "strategy": "magic"})
+    with pytest.raises(ParameterTypeError, match="bogus"):
+        training_pipeline(request={"bogus": 1})
+
+
+def test_invalid_override_is_named_before_any_work(flow_project: Path) -> None:
+    from flows.training_pipeline import validate_params
+
+    with pytest.raises(ConfigError, match=r"train\.lr"):
+        validate_params.fn(flow_project, "params.yaml", {"train.lr": -1})
+
+
+def test_transient_pull_failure_is_retried(flow_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.training_pipeline import sync_data
+
+    remote = flow_project.parent / "remote"
+    run_tool(["dvc", "remote", "add", "-f", "-d", "store", str(remote)], flow_project)
+    run_tool(["dvc", "push", "data/raw/elpv.dvc"], flow_project)
+    shutil.rmtree(flow_project / "data/raw/elpv")
+    real, calls = orchestration.run_dvc, []
+
+    def flaky(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        calls.append(args[0])
+        if args[0] == "pull" and calls.count("pull") == 1:  # injected fault: the first pull breaks
+            return subprocess.CompletedProcess(args, 1, "", "ERROR: connection reset by peer")
+        return real(project, *args)
+
+    monkeypatch.setattr(orchestration, "run_dvc", flaky)
+    data_hash = sync_data(flow_project, "data/raw/elpv")
+    assert calls.count("pull") == 2 and data_hash.endswith(".dir")
+    assert len(list((flow_project / "data/raw/elpv/images").iterdir())) == 160
+
+
+def test_missing_data_without_remote_says_which_command_fixes_it(tmp_path: Path) -> None:
+    run_tool(["git", "init", "-q"], tmp_path)
+    run_tool(["dvc", "init", "-q"], tmp_path)
+    with pytest.raises(DataError, match="transferkit data elpv"):
+        orchestration.sync_data(tmp_path, "data/raw/elpv")
+    (tmp_path / "data/raw").mkdir(parents=True)
+    (tmp_path / "data/raw/elpv.dvc").write_text("outs:\n- md5: 0123.dir\n  path: elpv\n")
+    with pytest.raises(DataError, match="dvc remote add"):
+        orchestration.sync_data(tmp_path, "data/raw/elpv")
+
+
+def test_nightly_deployment_carries_cron_and_parameters() -> None:
+    from flows.deploy import NIGHTLY_CRON, nightly_deployment
+    from flows.training_pipeline import TrainingRequest
+
+    deployment = nightly_deployment(TrainingRequest(registry="cells"))
+    assert deployment.name == "nightly-retrain"
+    assert deployment.schedules[0].schedule.cron == NIGHTLY_CRON == "0 2 * * *"
+    assert deployment.parameters["request"]["registry"] == "cells"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -58,18 +62,37 @@ def test_rerun_with_nothing_changed_trains_nothing(flow_project: Path) -> None:
     assert model.stat().st_mtime_ns == before
 
 
-def test_failing_gate_fails_the_run_and_keeps_production(flow_project: Path) -> None:
+class _Receiver(BaseHTTPRequestHandler):
+    """A real webhook endpoint on loopback that records what it is sent."""
+
+    received: ClassVar[list[dict]] = []
+
+    def do_POST(self) -> None:
+        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_failing_gate_fails_the_run_notifies_and_keeps_production(flow_project: Path) -> None:
     from flows.training_pipeline import training_pipeline
 
+    server = HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    webhook = f"http://127.0.0.1:{server.server_address[1]}/hook"
     original = (flow_project / "params.yaml").read_text()
     try:
         state = training_pipeline(
-            _request(flow_project, overrides={"gate.min_accuracy": 0.999}, webhook_url="http://127.0.0.1:9/hook"),
-            return_state=True,
+            _request(flow_project, overrides={"gate.min_accuracy": 0.999}, webhook_url=webhook), return_state=True
         )
     finally:
         (flow_project / "params.yaml").write_text(original)
+        server.shutdown()
     assert state.is_failed()
+    assert _Receiver.received and _Receiver.received[0]["state"] == "Failed"
+    assert "min_accuracy" in _Receiver.received[0]["message"]
     assert "min_accuracy" in state.message or "min_accuracy" in str(state.result(raise_on_failure=False))
     assert Registry(flow_project / "models/registry", "cells").production() == 1
 

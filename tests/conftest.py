@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ os.environ.update(
 import pytest
 import yaml
 
+from transferkit import orchestration
 from transferkit.config import Params, parse_params, set_dotted
 from transferkit.data.elpv import materialize_elpv
 
@@ -71,12 +71,8 @@ def elpv_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tool_env() -> dict[str, str]:
-    """Environment for subprocesses: this interpreter's bin first, telemetry off."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["DVC_NO_ANALYTICS"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    """The pipeline's subprocess environment, with unbuffered output for the logs."""
+    return {**orchestration.tool_env(), "PYTHONUNBUFFERED": "1"}
 
 
 def run_tool(args: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:

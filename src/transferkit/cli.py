@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 import typer
 
 from transferkit.errors import TransferkitError
-from transferkit.stages.common import console, run_stage
+from transferkit.stages.common import console, report_error, run_stage
 
 if TYPE_CHECKING:
     pass
@@ -46,8 +46,7 @@ for _name in ("prepare", "train", "evaluate", "gate", "export"):
 
 
 def _fail(error: TransferkitError) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-    return typer.Exit(error.exit_code)
+    return typer.Exit(report_error(error))
 
 
 @app.command("check-params")

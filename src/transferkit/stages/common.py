@@ -32,13 +32,18 @@ def configure_threads(threads: int) -> int:
     return count
 
 
+def report_error(error: TransferkitError) -> int:
+    """Show a user-facing error (no traceback) and return its exit code."""
+    console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    return error.exit_code
+
+
 def run_stage(run: Callable[[Params], Any], params_path: str = "params.yaml") -> int:
     """Load params, run the stage, and map user-facing errors to a message and an exit code."""
     try:
         run(load_params(params_path))
     except TransferkitError as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        return error.exit_code
+        return report_error(error)
     return 0
 
 

@@ -20,6 +20,7 @@ os.environ.update(
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # tasks called outside a flow in tests
         "DVC_NO_ANALYTICS": "1",
     }
 )

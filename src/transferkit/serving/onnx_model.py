@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from transferkit.errors import ModelError
 from transferkit.export.onnx_export import INPUT_NAME, read_metadata
@@ -20,8 +21,6 @@ REQUIRED_METADATA = ("class_names", "image_size", "resize")
 
 
 def providers_for(device: str) -> list[str]:
-    import onnxruntime as ort
-
     available = ort.get_available_providers()
     if device == "cpu":
         return ["CPUExecutionProvider"]
@@ -29,6 +28,14 @@ def providers_for(device: str) -> list[str]:
     if device == "cuda" and "CUDAExecutionProvider" not in available:
         raise ModelError("device 'cuda' requested but onnxruntime has no CUDA provider here; use --device cpu")
     return [p for p in wanted if p in available]
+
+
+def create_session(model: bytes, providers: list[str], threads: int = 0) -> ort.InferenceSession:
+    """An ONNX Runtime session with ``threads`` intra-op threads (0 = ORT's choice), quiet logging."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=providers)
 
 
 @dataclass
@@ -40,7 +47,6 @@ class Prediction:
 class OnnxClassifier:
     def __init__(self, path: str | Path, device: str = "auto", threads: int = 0) -> None:
         import onnx
-        import onnxruntime as ort
 
         path = Path(path)
         if not path.is_file():
@@ -55,10 +61,7 @@ class OnnxClassifier:
             raise ModelError(f"{path} lacks transferkit metadata {missing}; export it with `transferkit export`")
         if device == "cuda":
             ort.preload_dlls()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=providers_for(device))
+        self.session = create_session(proto.SerializeToString(), providers_for(device), threads)
         if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             raise ModelError(f"CUDA was requested but the session runs on {self.session.get_providers()}")
         self.class_names: list[str] = list(self.metadata["class_names"])

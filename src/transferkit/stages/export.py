@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from transferkit import __version__
 from transferkit.config import Params
@@ -20,6 +19,7 @@ from transferkit.data.cache import PreparedData
 from transferkit.export.model_card import render_model_card
 from transferkit.export.onnx_export import INPUT_NAME, check_parity, export_onnx
 from transferkit.io import atomic_write, read_json, write_json, write_text
+from transferkit.serving.onnx_model import create_session
 from transferkit.stages.common import configure_threads, console, main
 from transferkit.stages.train import MODEL
 from transferkit.training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -46,10 +46,7 @@ def model_metadata(meta: dict[str, Any], metrics: dict[str, Any]) -> dict[str, A
 
 
 def onnx_logits(model_bytes: bytes, images: np.ndarray, threads: int, batch_size: int = 64) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    session = create_session(model_bytes, ["CPUExecutionProvider"], threads)
     return np.concatenate(
         [
             session.run(["logits"], {INPUT_NAME: images[i : i + batch_size]})[0]

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from transferkit.export.onnx_export import INPUT_NAME, trace_to_onnx
 from transferkit.io import atomic_write
 from transferkit.models.classifier import ImageClassifier
+from transferkit.serving.onnx_model import create_session
 
 # (quarter turns, horizontal flip) for the 8 symmetries of the square; 1/2/4 views take prefixes
 # chosen so that 2 = identity + flip and 4 = the four rotations.
@@ -63,13 +64,8 @@ def torch_trunk(model: ImageClassifier, cut: int, device: torch.device) -> Trunk
 
 def onnx_trunk(model: ImageClassifier, cut: int, image_size: int, threads: int) -> TrunkFn:
     """The frozen units exported to ONNX and run by ONNX Runtime on the CPU."""
-    import onnxruntime as ort
-
     proto = trace_to_onnx(_Trunk(model, cut).cpu().eval(), image_size, ["features"], opset=17)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = create_session(proto.SerializeToString(), ["CPUExecutionProvider"], threads)
 
     def run(images: torch.Tensor) -> torch.Tensor:
         (features,) = session.run(None, {INPUT_NAME: images.cpu().contiguous().numpy()})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -14,7 +15,7 @@ from transferkit.errors import TransferkitError
 from transferkit.stages.common import console, report_error, run_stage
 
 if TYPE_CHECKING:
-    pass
+    from transferkit.registry import Registry
 
 T = TypeVar("T")
 
@@ -77,13 +78,14 @@ def data_elpv(
     console.print(f"{dest}: {count} ELPV images")
 
 
-def _registry(root: Path, name: str):
+def _registry(root: Path, name: str) -> Registry:
     from transferkit.registry import Registry
 
-    return Registry(root, name)
+    return _registry_call(lambda: Registry(root, name))
 
 
-def _registry_call(action):
+def _registry_call(action: Callable[[], T]) -> T:
+    """Run a registry action, turning its errors into a message and an exit code."""
     try:
         return action()
     except TransferkitError as error:
@@ -94,8 +96,8 @@ def _registry_call(action):
 def registry_list(name: str = RegistryName, root: Path = RegistryRoot) -> None:
     """Versions with their headline metrics; * marks production."""
     registry = _registry(root, name)
-    production = registry.production()
-    for version in registry.versions():
+    production, versions = registry.production(), registry.versions()
+    for version in versions:
         info = registry.show(version)
         metrics, lineage = info["metrics"], info["lineage"]
         console.print(
@@ -104,27 +106,30 @@ def registry_list(name: str = RegistryName, root: Path = RegistryRoot) -> None:
             f"commit {lineage.get('git_commit', '?')[:10]}",
             highlight=False,
         )
-    if not registry.versions():
+    if not versions:
         console.print(f"{name}: no versions yet")
 
 
 @registry_app.command("show")
 def registry_show(version: int, name: str = RegistryName, root: Path = RegistryRoot) -> None:
     """Lineage and metrics of one version."""
-    typer.echo(json.dumps(_registry_call(lambda: _registry(root, name).show(version)), indent=2))
+    registry = _registry(root, name)
+    typer.echo(json.dumps(_registry_call(lambda: registry.show(version)), indent=2))
 
 
 @registry_app.command("promote")
 def registry_promote(version: int, name: str = RegistryName, root: Path = RegistryRoot) -> None:
     """Make VERSION the production model (an atomic pointer change)."""
-    _registry_call(lambda: _registry(root, name).promote(version))
+    registry = _registry(root, name)
+    _registry_call(lambda: registry.promote(version))
     console.print(f"{name}: production is now v{version}")
 
 
 @registry_app.command("rollback")
 def registry_rollback(name: str = RegistryName, root: Path = RegistryRoot) -> None:
     """Return production to the version before the current one."""
-    version = _registry_call(lambda: _registry(root, name).rollback())
+    registry = _registry(root, name)
+    version = _registry_call(registry.rollback)
     console.print(f"{name}: rolled back, production is now v{version}")
 
 

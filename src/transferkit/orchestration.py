@@ -15,7 +15,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from transferkit.config import Params, load_params
+from transferkit.config import Params, load_params, set_dotted
 from transferkit.errors import DataError, GateFailed, TransferkitError
 from transferkit.io import atomic_write, read_json, sha256_file
 from transferkit.registry import METRICS, Registry
@@ -48,18 +48,12 @@ def apply_overrides(params_file: Path, overrides: dict[str, Any]) -> Params:
     unchanged run leaves params.yaml, and therefore DVC's view of the pipeline, untouched.
     """
     params = load_params(params_file, overrides)
+    text = params_file.read_text()
     yaml = YAML()
-    document = yaml.load(params_file.read_text())
-    changed = False
+    document = yaml.load(text)
     for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = document
-        for part in parents:
-            node = node.setdefault(part, {})
-        if node.get(leaf) != value:
-            node[leaf] = value
-            changed = True
-    if changed:
+        set_dotted(document, dotted, value)
+    if document != YAML(typ="safe").load(text):
         with atomic_write(params_file, "w") as handle:
             yaml.dump(document, handle)
     return params

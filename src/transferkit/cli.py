@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
@@ -147,40 +147,76 @@ def _expand(paths: list[Path]) -> list[Path]:
     return files
 
 
-@app.command()
-def predict(
-    model: Path = typer.Argument(..., help="exported .onnx model"),
-    paths: list[Path] = typer.Argument(..., help="image files and/or folders (searched recursively)"),
-    output: Path | None = typer.Option(None, "--output", "-o", help="CSV file (default: standard output)"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    batch_size: int = typer.Option(32, min=1),
-) -> None:
-    """Classify images with an exported model, using only ONNX Runtime and the model's metadata."""
+Row = list[str]
+
+
+def _local_rows(model: Path, files: list[Path], device: str, batch_size: int) -> tuple[list[str], list[Row]]:
+    """Rows [file, label, p_..., error] from a local ONNX model, in ``files`` order."""
+    import numpy as np
+
     from transferkit.errors import DataError
-    from transferkit.io import atomic_write
     from transferkit.serving.onnx_model import OnnxClassifier
 
+    classifier = OnnxClassifier(model, device)
+    blank = [""] * len(classifier.class_names)
+    rows: list[Row] = []
+    for start in range(0, len(files), batch_size):
+        chunk, images, readable = files[start : start + batch_size], [], []
+        for file in chunk:
+            try:
+                images.append(classifier.preprocess(file))
+                readable.append(file)
+            except DataError as error:
+                rows.append([str(file), "", *blank, str(error)])
+        predictions = classifier.predict(np.stack(images)) if images else []
+        for file, result in zip(readable, predictions, strict=True):
+            rows.append([str(file), result.label, *(f"{p:.6f}" for p in result.probabilities.values()), ""])
+    order = {str(file): i for i, file in enumerate(files)}
+    return classifier.class_names, sorted(rows, key=lambda row: order[row[0]])
+
+
+def _remote_rows(url: str, files: list[Path], batch_size: int) -> tuple[list[str], list[Row]]:
+    """The same rows from a running ``transferkit serve`` (its batch endpoint, ``batch_size`` files a call)."""
+    from transferkit.serving.client import ServingClient
+
+    with ServingClient(url) as client:
+        class_names: list[str] = client.model()["classes"]
+        rows: list[Row] = []
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            for file, entry in zip(chunk, client.predict_batch(chunk), strict=True):
+                if entry["error"]:
+                    rows.append([str(file), "", *([""] * len(class_names)), entry["error"]])
+                else:
+                    probabilities = (f"{entry['probabilities'][name]:.6f}" for name in class_names)
+                    rows.append([str(file), entry["label"], *probabilities, ""])
+    return class_names, rows
+
+
+@app.command()
+def predict(
+    targets: list[Path] = typer.Argument(
+        ..., help="MODEL PATH...: an exported .onnx, then image files and/or folders; with --url only PATH..."
+    ),
+    url: str | None = typer.Option(None, help="classify through a running `transferkit serve` at this URL"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="CSV file (default: standard output)"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda (local model only)"),
+    batch_size: int = typer.Option(32, min=1),
+) -> None:
+    """Classify images with an exported model (only ONNX Runtime and its metadata), or through a server."""
+    from transferkit.io import atomic_write
+
+    if url is None and len(targets) < 2:
+        raise typer.BadParameter("give MODEL and at least one PATH (or --url URL and PATHs)", param_hint="TARGETS")
+    files = _expand(targets if url else targets[1:])
     try:
-        classifier = OnnxClassifier(model, device)
+        if url:
+            class_names, rows = _remote_rows(url, files, batch_size)
+        else:
+            class_names, rows = _local_rows(targets[0], files, device, batch_size)
     except TransferkitError as error:
         raise _fail(error) from None
-    files = _expand(paths)
-    header = ["file", "label", *(f"p_{name}" for name in classifier.class_names), "error"]
-    rows: list[list[str]] = []
-    for start in range(0, len(files), batch_size):
-        batch, good = [], []
-        for file in files[start : start + batch_size]:
-            try:
-                batch.append(classifier.preprocess(file))
-                good.append(file)
-            except DataError as error:
-                rows.append([str(file), "", *([""] * len(classifier.class_names)), str(error)])
-        if batch:
-            import numpy as np
-
-            for file, result in zip(good, classifier.predict(np.stack(batch)), strict=True):
-                rows.append([str(file), result.label, *(f"{p:.6f}" for p in result.probabilities.values()), ""])
-    rows.sort(key=lambda row: files.index(Path(row[0])))
+    header = ["file", "label", *(f"p_{name}" for name in class_names), "error"]
     if output is None:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerows([header, *rows])
@@ -191,6 +227,63 @@ def predict(
     failed = sum(1 for row in rows if row[-1])
     if failed:
         console.print(f"[yellow]{failed} file(s) could not be read; see the error column[/]")
+
+
+@app.command()
+def serve(
+    model: str = typer.Option(
+        None, "--model", "-m", help="exported .onnx path, or registry:NAME for its production version"
+    ),
+    device: str | None = typer.Option(None, help="auto | cpu | cuda (cuda never falls back to the CPU)"),
+    host: str | None = typer.Option(None, help="bind address [127.0.0.1]"),
+    port: int | None = typer.Option(None, help="port [8000]"),
+    workers: int | None = typer.Option(None, help="worker processes, one ONNX Runtime session each [1]"),
+    max_batch_size: int | None = typer.Option(None, help="images per ONNX Runtime call; 1 disables batching [32]"),
+    max_delay_ms: float | None = typer.Option(None, help="how long a batch waits to fill [5]"),
+    registry_root: Path | None = typer.Option(None, help="registry folder for registry:NAME [models/registry]"),
+    model_name: str | None = typer.Option(None, help="name under /v2/models [registry name or file stem]"),
+    tensorrt: bool | None = typer.Option(None, "--tensorrt/--no-tensorrt", help="TensorRT before CUDA [off]"),
+    reload_interval_s: float | None = typer.Option(None, help="poll for a new production model; 0 = never [5]"),
+) -> None:
+    """Serve a model over HTTP: /v1/predict, KServe v2 (/v2), /metrics, /docs; every flag also reads
+    TRANSFERKIT_SERVE_<FLAG> from the environment, and TRANSFERKIT_ADMIN_TOKEN enables /admin/reload."""
+    import os
+
+    import uvicorn
+
+    from transferkit.serving.app import create_app
+    from transferkit.serving.model_source import load_model, source_from
+    from transferkit.serving.settings import load_settings
+
+    try:
+        settings = load_settings(
+            model=model,
+            device=device,
+            host=host,
+            port=port,
+            workers=workers,
+            max_batch_size=max_batch_size,
+            max_delay_ms=max_delay_ms,
+            registry_root=registry_root,
+            model_name=model_name,
+            tensorrt=tensorrt,
+            reload_interval_s=reload_interval_s,
+        )
+        # Loaded before binding the port, so a bad model or device fails here with a clear message.
+        loaded = load_model(source_from(settings), settings)
+    except TransferkitError as error:
+        raise _fail(error) from None
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "timeout_graceful_shutdown": settings.graceful_timeout_s,
+        "log_level": "info",
+    }
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings, loaded), **options)
+    else:
+        os.environ.update(settings.to_env())
+        uvicorn.run("transferkit.serving.app:app_from_env", factory=True, workers=settings.workers, **options)
 
 
 if __name__ == "__main__":

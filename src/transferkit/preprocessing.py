@@ -24,16 +24,25 @@ GRAYSCALE_MODES = frozenset({"1", "L", "I", "I;16", "F"})
 DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def decode_image(source: str | Path | bytes) -> Image.Image:
-    """Open and fully decode an image (a truncated file fails here, not later in a batch)."""
+def decode_image(source: str | Path | bytes, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode an image (a truncated file fails here, not later in a batch).
+
+    ``max_pixels`` is checked on the header, before any pixel is decoded, so a decompression
+    bomb sent to the server costs nothing (PIL's own limit only warns below twice its value).
+    """
     name = "image bytes" if isinstance(source, bytes) else str(source)
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
         with handle, Image.open(handle) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise DataError(f"{name} is {width}x{height} pixels, over the limit of {max_pixels:,}")
             image.load()
             return image.copy()
     except FileNotFoundError:
         raise DataError(f"image not found: {name}") from None
+    except UnidentifiedImageError:
+        raise DataError(f"cannot decode {name}: not an image format Pillow can read") from None
     except DECODE_ERRORS as error:
         raise DataError(f"cannot decode {name}: {error}") from None
 
@@ -55,6 +64,6 @@ def to_model_input(image: Image.Image, size: int, resize: str) -> np.ndarray:
     return np.array(rgb, dtype=np.uint8)  # a writable copy (PIL's buffer view is read-only)
 
 
-def load_for_model(source: str | Path | bytes, size: int, resize: str) -> np.ndarray:
+def load_for_model(source: str | Path | bytes, size: int, resize: str, max_pixels: int | None = None) -> np.ndarray:
     """Decode + resize one image into the model's uint8 CHW input."""
-    return to_model_input(decode_image(source), size, resize).transpose(2, 0, 1)
+    return to_model_input(decode_image(source, max_pixels), size, resize).transpose(2, 0, 1)

@@ -1,0 +1,92 @@
+"""Where the served model comes from, and loading a new one without disturbing the old.
+
+A source is a plain file or a registry's production pointer. ``fingerprint`` is cheap (a stat or
+a small JSON read), so the server can poll it; only a changed fingerprint costs a load. A
+candidate is fully built and checked (ONNX checker, metadata, a warm-up inference) before it is
+offered for the swap, so a broken file never replaces a working model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from transferkit.errors import ModelError
+from transferkit.registry import Registry
+from transferkit.serving.onnx_model import OnnxClassifier
+from transferkit.serving.settings import ServeSettings
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded, warmed-up model and what /v1/model says about it."""
+
+    classifier: OnnxClassifier
+    version: str
+    fingerprint: str
+    lineage: dict[str, Any] = field(default_factory=dict)
+    loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+class FileSource:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def fingerprint(self) -> str:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            raise ModelError(f"model file not found: {self.path}") from None
+        return f"{stat.st_mtime_ns}:{stat.st_size}"
+
+    def resolve(self) -> tuple[Path, str | None, dict[str, Any]]:
+        return self.path, None, {}
+
+
+class RegistrySource:
+    def __init__(self, root: Path, name: str) -> None:
+        self.registry = Registry(root, name)
+
+    def describe(self) -> str:
+        return f"registry:{self.registry.name} ({self.registry.path})"
+
+    def fingerprint(self) -> str:
+        version = self.registry.production()
+        if version is None:
+            raise ModelError(
+                f"registry {self.registry.name} at {self.registry.path} has no production version; "
+                "run the training flow or `transferkit registry promote N`"
+            )
+        return f"v{version}"
+
+    def resolve(self) -> tuple[Path, str | None, dict[str, Any]]:
+        version = int(self.fingerprint()[1:])
+        info = self.registry.show(version)
+        return Path(info["path"]) / "model.onnx", f"v{version}", info["lineage"]
+
+
+Source = FileSource | RegistrySource
+
+
+def source_from(settings: ServeSettings) -> Source:
+    name = settings.registry_name
+    return RegistrySource(settings.registry_root, name) if name else FileSource(Path(settings.model))
+
+
+def load_model(source: Source, settings: ServeSettings) -> ServedModel:
+    """Build, check and warm up the source's current model; raises ModelError on any problem."""
+    fingerprint = source.fingerprint()
+    path, version, lineage = source.resolve()
+    classifier = OnnxClassifier(path, settings.device, settings.threads, settings.tensorrt)
+    classifier.warm_up()
+    return ServedModel(
+        classifier=classifier,
+        version=version or f"sha256:{classifier.sha256[:12]}",
+        fingerprint=fingerprint,
+        lineage=lineage,
+    )

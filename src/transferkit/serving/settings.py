@@ -1,0 +1,72 @@
+"""Server settings: CLI flags or ``TRANSFERKIT_SERVE_*`` environment variables.
+
+Every uvicorn worker process builds its app from the environment (``app_from_env``), so the CLI
+writes its flags there before starting workers. The admin token is deliberately not a setting:
+it is read from ``TRANSFERKIT_ADMIN_TOKEN`` only, so it never appears in /v1/model, logs or argv.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from transferkit.errors import ConfigError
+
+ENV_PREFIX = "TRANSFERKIT_SERVE_"
+ADMIN_TOKEN_ENV = "TRANSFERKIT_ADMIN_TOKEN"
+REGISTRY_SCHEME = "registry:"
+
+
+class ServeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", protected_namespaces=())
+
+    model: str = Field(description="path to an exported .onnx file, or registry:NAME for its production version")
+    registry_root: Path = Field(Path("models/registry"), description="registry folder for registry:NAME")
+    model_name: str | None = Field(None, description="name in /v2/models/{name} (default: registry name or file stem)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tensorrt: bool = Field(False, description="put TensorRT before CUDA (GPU only)")
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: all cores)")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes, one ONNX Runtime session each")
+    max_batch_size: int = Field(32, ge=1, description="images per ONNX Runtime call (1 disables batching)")
+    max_delay_ms: float = Field(5.0, ge=0, description="how long the first queued request waits for company")
+    max_queue: int = Field(256, ge=1, description="images waiting for inference before 503 + Retry-After")
+    max_body_bytes: int = Field(20 * 2**20, ge=1024, description="request body limit (413 above it)")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="decompression-bomb limit, checked on the header")
+    max_request_images: int = Field(64, ge=1, description="images per /v1/predict/batch or v2 infer request")
+    decode_threads: int = Field(4, ge=1, description="threads decoding and resizing images off the event loop")
+    reload_interval_s: float = Field(5.0, ge=0, description="poll for a new production model (0: never)")
+    graceful_timeout_s: float = Field(30.0, ge=0, description="on shutdown, wait this long for in-flight requests")
+
+    @property
+    def registry_name(self) -> str | None:
+        return self.model.removeprefix(REGISTRY_SCHEME) if self.model.startswith(REGISTRY_SCHEME) else None
+
+    def served_name(self) -> str:
+        return self.model_name or self.registry_name or Path(self.model).stem
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as the environment variables that rebuild them in a worker process."""
+        values = self.model_dump(mode="json", exclude_none=True)
+        return {ENV_PREFIX + key.upper(): str(value) for key, value in values.items()}
+
+
+def load_settings(**flags: object) -> ServeSettings:
+    """Settings from ``flags`` (None means "not given") over the environment, as one clear error."""
+    try:
+        return ServeSettings(**{key: value for key, value in flags.items() if value is not None})
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors(include_url=False)
+        )
+        raise ConfigError(f"invalid server settings: {problems} (flags or {ENV_PREFIX}* variables)") from None
+
+
+def admin_token() -> SecretStr | None:
+    token = os.environ.get(ADMIN_TOKEN_ENV, "")
+    return SecretStr(token) if token else None

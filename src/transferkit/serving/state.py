@@ -1,0 +1,110 @@
+"""What one server process holds: the current model, the batcher and hot reload.
+
+The current model is replaced by one assignment on the event loop, so every request sees either
+the old model or the new one, never a mix; requests already queued finish on the model they
+were preprocessed for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from transferkit.errors import DataError, ModelError
+from transferkit.serving.batcher import DynamicBatcher
+from transferkit.serving.metrics import ServerMetrics
+from transferkit.serving.model_source import ServedModel, Source, load_model, source_from
+from transferkit.serving.settings import ServeSettings, admin_token
+
+log = logging.getLogger("transferkit.serving")
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    reloaded: bool
+    version: str
+    previous_version: str
+
+
+class ServerState:
+    def __init__(self, settings: ServeSettings, model: ServedModel | None = None) -> None:
+        self.settings = settings
+        self.name = settings.served_name()
+        self.metrics = ServerMetrics()
+        self.source: Source = source_from(settings)
+        self.batcher = DynamicBatcher(settings.max_batch_size, settings.max_delay_ms, settings.max_queue, self.metrics)
+        self.admin_token = admin_token()
+        self._model = model
+        self._decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self._reload_lock = asyncio.Lock()
+        self._rejected_fingerprint: str | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self.ready = False
+
+    @property
+    def model(self) -> ServedModel:
+        assert self._model is not None, "the model is loaded at startup"
+        return self._model
+
+    async def start(self) -> None:
+        if self._model is None:
+            self._model = await asyncio.to_thread(load_model, self.source, self.settings)
+        self.metrics.serving(self.name, self.model.version)
+        self.batcher.start()
+        if self.settings.reload_interval_s > 0:
+            self._poller = asyncio.get_running_loop().create_task(self._poll(), name="model-poller")
+        self.ready = True
+        log.info("serving %s %s on %s", self.name, self.model.version, self.model.classifier.providers)
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        await self.batcher.stop()
+        self._decoders.shutdown(wait=True)
+
+    async def preprocess(self, model: ServedModel, payload: bytes) -> np.ndarray:
+        """Decode and resize off the event loop, exactly as the model's metadata says."""
+        if not payload:
+            raise DataError("empty image: the request carried zero bytes")
+        loop = asyncio.get_running_loop()
+        max_pixels = self.settings.max_image_pixels
+        return await loop.run_in_executor(self._decoders, model.classifier.preprocess, payload, max_pixels)
+
+    async def infer(self, model: ServedModel, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, probabilities = await self.batcher.infer(model, images)
+        self.metrics.images.inc(len(images))
+        return logits, probabilities
+
+    async def reload(self, force: bool) -> ReloadOutcome:
+        """Load the source's current model and swap it in; a rejected candidate leaves the old one serving."""
+        async with self._reload_lock:
+            previous = self.model
+            fingerprint = await asyncio.to_thread(self.source.fingerprint)
+            if not force and fingerprint in {previous.fingerprint, self._rejected_fingerprint}:
+                return ReloadOutcome(False, previous.version, previous.version)
+            try:
+                candidate = await asyncio.to_thread(load_model, self.source, self.settings)
+            except ModelError:
+                self._rejected_fingerprint = fingerprint
+                self.metrics.reloads.labels(outcome="rejected").inc()
+                raise
+            self._model = candidate
+            self._rejected_fingerprint = None
+            self.metrics.reloads.labels(outcome="loaded").inc()
+            self.metrics.serving(self.name, candidate.version)
+            log.info("now serving %s %s (was %s)", self.name, candidate.version, previous.version)
+            return ReloadOutcome(True, candidate.version, previous.version)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reload_interval_s)
+            try:
+                await self.reload(force=False)
+            except ModelError as error:
+                log.error("new model rejected, still serving %s: %s", self.model.version, error)

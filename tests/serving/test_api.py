@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -76,7 +77,16 @@ def test_batch_reports_bad_files_per_entry(serve, model_a: Path, cells: list[Pat
         (png_bytes(), "", 415, "unsupported content type"),
         (b"x" * 5000, "image/png", 413, "limit"),
     ],
-    ids=["not-an-image", "truncated-png", "zero-bytes", "over-pixel-limit", "decompression-bomb", "text", "no-type", "too-large"],
+    ids=[
+        "not-an-image",
+        "truncated-png",
+        "zero-bytes",
+        "over-pixel-limit",
+        "decompression-bomb",
+        "text",
+        "no-type",
+        "too-large",
+    ],
 )
 def test_bad_images_get_a_clear_4xx(serve, model_a: Path, body: bytes, content_type: str, status: int, message: str):
     client = serve(model_a, max_body_bytes=4096)
@@ -154,10 +164,12 @@ def test_v2_bad_tensors_are_400(serve, model_a: Path, changes: dict, message: st
 def test_v2_binary_tensors_both_ways(serve, model_a: Path) -> None:
     client = serve(model_a)
     images = np.random.default_rng(0).integers(0, 256, (2, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    header = (
-        '{"inputs":[{"name":"images","shape":[2,3,%d,%d],"datatype":"UINT8","parameters":{"binary_data_size":%d}}],'
-        '"outputs":[{"name":"probabilities","parameters":{"binary_data":true}}]}' % (IMAGE_SIZE, IMAGE_SIZE, images.size)
-    ).encode()
+    tensor = {"name": "images", "shape": list(images.shape), "datatype": "UINT8"}
+    request = {
+        "inputs": [{**tensor, "parameters": {"binary_data_size": images.size}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+    }
+    header = json.dumps(request).encode()
     response = client.post(
         "/v2/models/model/infer",
         content=header + images.tobytes(),

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 
 from transferkit.errors import TransferkitError
-from transferkit.stages.common import console, report_error, run_stage
+from transferkit.reporting import console, report_error
 
 if TYPE_CHECKING:
     from transferkit.registry import Registry
@@ -35,6 +35,8 @@ def _stage(name: str) -> None:
     import importlib
 
     def command(params: Path = ParamsOption) -> None:
+        from transferkit.stages.common import run_stage
+
         module = importlib.import_module(f"transferkit.stages.{name}")
         raise typer.Exit(run_stage(module.run, str(params)))
 

@@ -181,11 +181,14 @@ def test_v2_binary_tensors_both_ways(serve, model_a: Path) -> None:
     assert np.allclose(probabilities, OnnxClassifier(model_a, device="cpu").run(images)[1], atol=1e-6)
 
 
-def metric(client, name: str) -> float:
+def metric(client, name: str, default: float | None = None) -> float:
+    """A sample from /metrics; ``default`` for a labelled series not yet created."""
     for line in client.get("/metrics").text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in /metrics")
+    if default is None:
+        raise AssertionError(f"{name} not in /metrics")
+    return default
 
 
 def test_concurrent_requests_are_batched_with_unchanged_results(serve, model_a: Path, cells: list[Path]) -> None:

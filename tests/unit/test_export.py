@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from transferkit.errors import ExportError, ModelError
-from transferkit.export.onnx_export import MAX_IR_VERSION, check_parity, export_onnx, read_metadata
+from transferkit.export.contract import read_metadata
+from transferkit.export.onnx_export import MAX_IR_VERSION, check_parity, export_onnx
 from transferkit.models.classifier import build_classifier
 from transferkit.serving.onnx_model import OnnxClassifier
 

@@ -12,7 +12,6 @@ import io
 import json
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,11 +20,9 @@ import torch
 from torch import nn
 
 from transferkit.errors import ExportError
+from transferkit.export.contract import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAMES
 from transferkit.models.classifier import ImageClassifier
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("logits", "probabilities")
-METADATA_PREFIX = "transferkit."
 # ONNX Runtime 1.31 loads IR version <= 13 (onnx 1.23 writes 14 by default).
 MAX_IR_VERSION = 13
 
@@ -75,19 +72,6 @@ def export_onnx(model: ImageClassifier, image_size: int, opset: int, metadata: d
         entry.value = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     onnx.checker.check_model(proto, full_check=True)
     return proto.SerializeToString()
-
-
-def read_metadata(proto_or_path: onnx.ModelProto | str | Path) -> dict[str, Any]:
-    """The transferkit metadata of an exported model, JSON values decoded."""
-    proto = proto_or_path if isinstance(proto_or_path, onnx.ModelProto) else onnx.load(str(proto_or_path))
-    decoded = {}
-    for entry in proto.metadata_props:
-        if entry.key.startswith(METADATA_PREFIX):
-            try:
-                decoded[entry.key[len(METADATA_PREFIX) :]] = json.loads(entry.value)
-            except json.JSONDecodeError:
-                decoded[entry.key[len(METADATA_PREFIX) :]] = entry.value
-    return decoded
 
 
 @dataclass(frozen=True)

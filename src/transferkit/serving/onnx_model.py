@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from transferkit.errors import ModelError
-from transferkit.export.onnx_export import INPUT_NAME, OUTPUT_NAMES, read_metadata
+from transferkit.export.contract import INPUT_NAME, OUTPUT_NAMES, read_metadata
 from transferkit.preprocessing import load_for_model
 
 REQUIRED_METADATA = ("class_names", "image_size", "resize")

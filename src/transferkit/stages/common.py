@@ -9,12 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from rich.console import Console
 
 from transferkit.config import Params, load_params
 from transferkit.errors import ConfigError, TransferkitError
+from transferkit.reporting import console, report_error
 
-console = Console(stderr=True, soft_wrap=True)
+__all__ = ["configure_threads", "console", "main", "resolve_device", "run_stage"]
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -30,12 +30,6 @@ def configure_threads(threads: int) -> int:
     count = threads or os.cpu_count() or 1
     torch.set_num_threads(count)
     return count
-
-
-def report_error(error: TransferkitError) -> int:
-    """Show a user-facing error (no traceback) and return its exit code."""
-    console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-    return error.exit_code
 
 
 def run_stage(run: Callable[[Params], Any], params_path: str = "params.yaml") -> int:

@@ -1,0 +1,154 @@
+"""A real `transferkit serve` on 127.0.0.1: Triton's client, `predict --url`, graceful shutdown, the CLI's errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+
+from tests.conftest import REPO, run_tool, tool_env
+from tests.serving.conftest import CLASSES, IMAGE_SIZE
+from transferkit.preprocessing import load_for_model
+from transferkit.serving.client import ServingClient
+from transferkit.serving.onnx_model import cuda_driver_present
+
+TRANSFERKIT = [sys.executable, "-m", "transferkit.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(model: Path, *flags: str) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    args = [*TRANSFERKIT, "serve", "--model", str(model), "--device", "cpu", "--port", str(port), *flags]
+    server = subprocess.Popen(args, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"server exited {server.returncode}:\n{server.stdout.read()}")
+        try:
+            if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                return server, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    server.kill()
+    raise AssertionError("server did not become ready in 120 s")
+
+
+def stop(server: subprocess.Popen[str]) -> str:
+    server.send_signal(signal.SIGTERM)
+    output, _ = server.communicate(timeout=60)
+    return output
+
+
+@pytest.fixture(scope="module")
+def live(model_a: Path) -> Iterator[str]:
+    server, url = start_server(model_a)
+    yield url
+    stop(server)
+
+
+def predict_csv(args: list[str]) -> list[dict[str, str]]:
+    result = run_tool([*TRANSFERKIT, "predict", *args], cwd=REPO)
+    return list(csv.DictReader(io.StringIO(result.stdout)))
+
+
+def probabilities_of(rows: list[dict[str, str]]) -> np.ndarray:
+    return np.array([[float(row[f"p_{name}"]) for name in CLASSES] for row in rows])
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary-tensors", "json-tensors"])
+def test_tritonclient_infer_equals_transferkit_predict(live: str, model_a: Path, cells: list[Path], binary: bool):
+    client = triton.InferenceServerClient(live.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("model")
+    metadata = client.get_model_metadata("model")
+    assert metadata["inputs"][0]["shape"] == [-1, 3, IMAGE_SIZE, IMAGE_SIZE]
+    images = np.stack([load_for_model(path, IMAGE_SIZE, "bilinear") for path in cells])
+    tensor = triton.InferInput("images", list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images, binary_data=binary)
+    outputs = None if binary else [triton.InferRequestedOutput("probabilities", binary_data=False)]
+    result = client.infer("model", [tensor], outputs=outputs)
+    expected = predict_csv([str(model_a), *map(str, cells)])
+    assert np.allclose(result.as_numpy("probabilities"), probabilities_of(expected), atol=2e-6)
+    assert result.get_response()["model_version"].startswith("sha256:")
+
+
+def test_predict_url_and_python_client_equal_local_predict(live: str, model_a: Path, cells: list[Path]) -> None:
+    broken = cells[0].parent.parent / "broken.png"
+    broken.write_bytes(cells[0].read_bytes()[:100])
+    files = [*map(str, cells), str(broken)]
+    local = predict_csv([str(model_a), *files])
+    remote = predict_csv(["--url", live, "--batch-size", "3", *files])
+    assert [r["file"] for r in remote] == [r["file"] for r in local] == files
+    assert [r["label"] for r in remote] == [r["label"] for r in local]
+    assert np.allclose(probabilities_of(remote[:-1]), probabilities_of(local[:-1]), atol=2e-6)
+    assert remote[-1]["error"] and local[-1]["error"] and not remote[-1]["label"]
+    with ServingClient(live) as client:
+        assert client.ready() and client.model()["classes"] == CLASSES
+        assert client.predict(cells[0])["label"] == local[0]["label"]
+
+
+def test_shutdown_drains_in_flight_requests(model_a: Path, cells: list[Path]) -> None:
+    server, url = start_server(model_a, "--max-delay-ms", "1500", "--max-batch-size", "64")
+
+    def post(path: Path) -> int:
+        return httpx.post(
+            url + "/v1/predict", content=path.read_bytes(), headers={"content-type": "image/png"}
+        ).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        pending = [pool.submit(post, path) for path in cells[:4]]
+        time.sleep(0.5)  # the requests now wait in the batcher for company
+        server.send_signal(signal.SIGTERM)
+        statuses = [future.result(timeout=60) for future in pending]
+    assert statuses == [200] * 4
+    output, _ = server.communicate(timeout=60)
+    assert "Application shutdown complete" in output
+    assert server.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
+
+
+def test_serve_refuses_to_start_on_a_bad_model_or_device(tmp_path: Path, model_a: Path) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"\x08\x07garbage")
+    result = run_tool([*TRANSFERKIT, "serve", "--model", str(broken), "--port", "1"], REPO, check=False)
+    assert result.returncode == 2 and "not a readable ONNX model" in result.stderr
+    result = run_tool(
+        [*TRANSFERKIT, "serve", "--model", "registry:nothing", "--registry-root", str(tmp_path)], REPO, check=False
+    )
+    assert result.returncode == 2 and "has no production version" in result.stderr
+    if not cuda_driver_present():
+        result = run_tool([*TRANSFERKIT, "serve", "--model", str(model_a), "--device", "cuda"], REPO, check=False)
+        assert result.returncode == 2 and "no CUDA provider" in result.stderr
+
+
+def test_downstream_app_stands_alone(model_a: Path, cells: list[Path]) -> None:
+    """examples/downstream_app.py with transferkit made unimportable gives `transferkit predict`'s answers."""
+    harness = (
+        "import runpy, sys\n"
+        "sys.modules['transferkit'] = None  # any import of transferkit now fails\n"
+        "try:\n    import transferkit\nexcept ImportError:\n    pass\nelse:\n    sys.exit('transferkit importable')\n"
+        "sys.argv = sys.argv[1:]\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
+    files = list(map(str, cells))
+    result = run_tool([sys.executable, "-c", harness, "examples/downstream_app.py", str(model_a), *files], REPO)
+    standalone = list(csv.DictReader(io.StringIO(result.stdout)))
+    expected = predict_csv([str(model_a), *files])
+    assert [r["label"] for r in standalone] == [r["label"] for r in expected]
+    assert np.allclose(probabilities_of(standalone), probabilities_of(expected), atol=2e-6)

@@ -1,0 +1,231 @@
+"""Serving throughput and latency: `transferkit serve` under load vs raw ONNX Runtime vs PyTorch eager.
+
+One run measures, on the same real ELPV cells: raw ONNX Runtime at several batch sizes (inputs
+already decoded), PyTorch eager on the same model, then a real `transferkit serve` on loopback
+driven by an async httpx load generator at each concurrency level, once with dynamic batching
+and once without (max_batch_size 1). Raw ORT is measured before and after the server runs and
+averaged, so the served/raw ratio is taken side by side on a noisy machine. The load generator
+runs on the same machine and takes CPU from the server: the served figures are a lower bound.
+
+    .venv/bin/python benchmarks/serving.py [--duration 10] [--device cpu]
+
+Writes benchmarks/results/serving.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+
+from transferkit.data.elpv import package_data_dir
+from transferkit.serving.onnx_model import OnnxClassifier
+from transferkit.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def throughput(work: Callable[[], int], seconds: float) -> float:
+    """Images per second of ``work`` (returns images done) over ``seconds``, after one warm-up call."""
+    work()
+    started, count = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        count += work()
+    return count / (time.perf_counter() - started)
+
+
+def batches(images: np.ndarray, size: int) -> Callable[[], np.ndarray]:
+    """A cycling supplier of ``size``-image batches from ``images``."""
+    position = 0
+
+    def next_batch() -> np.ndarray:
+        nonlocal position
+        batch = np.take(images, range(position, position + size), axis=0, mode="wrap")
+        position = (position + size) % len(images)
+        return batch
+
+    return next_batch
+
+
+def raw_ort(classifier: OnnxClassifier, images: np.ndarray, sizes: list[int], seconds: float) -> dict[int, float]:
+    result = {}
+    for size in sizes:
+        supply = batches(images, size)
+        result[size] = throughput(lambda supply=supply: len(classifier.run(supply())[0]), seconds)
+    return result
+
+
+def pytorch_eager(checkpoint: Path, images: np.ndarray, sizes: list[int], seconds: float, device: str) -> dict:
+    model = model_from_checkpoint(load_checkpoint(checkpoint)).eval().to(device)
+    half = device == "cuda"
+    if half:
+        model = model.half()
+    result = {}
+    for size in sizes:
+        supply = batches(images, size)
+
+        def work(supply: Callable[[], np.ndarray] = supply) -> int:
+            with torch.inference_mode():
+                batch = torch.from_numpy(supply()).to(device)
+                model(batch).float().cpu()
+            return len(batch)
+
+        result[size] = throughput(work, seconds)
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(model: Path, device: str, max_batch_size: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    args = [sys.executable, "-m", "transferkit.cli", "serve", "--model", str(model), "--device", device]
+    args += ["--port", str(port), "--max-batch-size", str(max_batch_size), "--reload-interval-s", "0"]
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                return server, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    server.kill()
+    raise SystemExit("the server did not start")
+
+
+async def load(url: str, payloads: list[bytes], clients: int, seconds: float) -> dict[str, float]:
+    """``clients`` concurrent clients posting images back to back for ``seconds``."""
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
+
+        async def client(index: int, until: float, record: bool) -> None:
+            nonlocal errors
+            position = index
+            while time.perf_counter() < until:
+                payload = payloads[position % len(payloads)]
+                position += clients
+                started = time.perf_counter()
+                response = await http.post("/v1/predict", content=payload, headers={"content-type": "image/png"})
+                if record:
+                    latencies.append(time.perf_counter() - started)
+                    errors += response.status_code != 200
+
+        warm_until = time.perf_counter() + min(2.0, seconds / 4)
+        await asyncio.gather(*(client(i, warm_until, False) for i in range(clients)))
+        started = time.perf_counter()
+        await asyncio.gather(*(client(i, started + seconds, True) for i in range(clients)))
+        elapsed = time.perf_counter() - started
+    values = np.array(latencies) * 1000
+    return {
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(values, 50)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "errors": errors,
+    }
+
+
+def served(model: Path, device: str, max_batch_size: int, payloads: list[bytes], levels: list[int], seconds: float):
+    server, url = start_server(model, device, max_batch_size)
+    try:
+        return {clients: asyncio.run(load(url, payloads, clients, seconds)) for clients in levels}
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=Path("models/export/model.onnx"))
+    parser.add_argument("--checkpoint", type=Path, default=Path("models/train/model.pt"))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--images", type=int, default=64, help="distinct real cells to cycle through")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32])
+    args = parser.parse_args()
+
+    files = sorted((package_data_dir() / "images").glob("*.png"))[: args.images]
+    payloads = [file.read_bytes() for file in files]
+    classifier = OnnxClassifier(args.model, args.device)
+    images = np.stack([classifier.preprocess(payload) for payload in payloads])
+    started = time.perf_counter()
+    for payload in payloads:
+        classifier.preprocess(payload)
+    decode = len(payloads) / (time.perf_counter() - started)
+
+    ort_before = raw_ort(classifier, images, args.batch_sizes, args.duration)
+    eager = pytorch_eager(args.checkpoint, images, args.batch_sizes, args.duration, args.device)
+    batched = served(args.model, args.device, 32, payloads, args.clients, args.duration)
+    unbatched = served(args.model, args.device, 1, payloads, args.clients, args.duration)
+    ort_after = raw_ort(classifier, images, args.batch_sizes, args.duration)
+    ort = {size: (ort_before[size] + ort_after[size]) / 2 for size in args.batch_sizes}
+
+    best_ort = max(ort.values())
+    best_eager = max(eager.values())
+    at32 = batched.get(32, batched[max(batched)])
+    result: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": args.device},
+        "model": str(args.model),
+        "image_size": classifier.image_size,
+        "duration_s": args.duration,
+        "decode_resize_img_per_s": decode,
+        "raw_ort_img_per_s": ort,
+        "raw_ort_before_after": {"before": ort_before, "after": ort_after},
+        "pytorch_eager_img_per_s": eager,
+        "served_batching_on": batched,
+        "served_batching_off": unbatched,
+        "ratios": {
+            "ort_best_over_eager_best": best_ort / best_eager,
+            "served_32_clients_over_raw_ort_best": at32["requests_per_s"] / best_ort,
+        },
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "serving.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"Model {args.model} at {classifier.image_size} px on {args.device}, {os.cpu_count()} CPUs; "
+        f"{args.duration:.0f} s per measurement.",
+        "",
+        "| engine | batch 1 | " + " | ".join(f"batch {s}" for s in args.batch_sizes[1:]) + " |",
+        "|---|" + "---|" * len(args.batch_sizes),
+        "| raw ONNX Runtime, img/s | " + " | ".join(f"{ort[s]:.1f}" for s in args.batch_sizes) + " |",
+        "| PyTorch eager, img/s | " + " | ".join(f"{eager[s]:.1f}" for s in args.batch_sizes) + " |",
+        "",
+        "| clients | batching on: req/s | p50 ms | p99 ms | batching off: req/s | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for clients in args.clients:
+        on, off = batched[clients], unbatched[clients]
+        lines.append(
+            f"| {clients} | {on['requests_per_s']:.1f} | {on['p50_ms']:.0f} | {on['p99_ms']:.0f} | "
+            f"{off['requests_per_s']:.1f} | {off['p50_ms']:.0f} | {off['p99_ms']:.0f} |"
+        )
+    lines += [
+        "",
+        f"Ratios: best raw ORT / best PyTorch eager = {result['ratios']['ort_best_over_eager_best']:.2f}; "
+        f"served at 32 clients / best raw ORT = {result['ratios']['served_32_clients_over_raw_ort_best']:.2f}. "
+        f"Decode + resize alone: {decode:.0f} img/s on one thread.",
+    ]
+    (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

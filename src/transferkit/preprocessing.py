@@ -58,10 +58,13 @@ def to_model_input(image: Image.Image, size: int, resize: str) -> np.ndarray:
         array = np.asarray(image, dtype=np.float32)
         peak = max(float(array.max()), 1.0)
         image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8))
-    rgb = image.convert("RGB")
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), RESAMPLING[resize])
-    return np.array(rgb, dtype=np.uint8)  # a writable copy (PIL's buffer view is read-only)
+    if image.mode != "L":
+        image = image.convert("RGB")
+    # Grayscale is resized before it becomes RGB: the same pixels (RGB from L repeats the channel)
+    # for a third of the resize work, which is most of the preprocessing cost.
+    if image.size != (size, size):
+        image = image.resize((size, size), RESAMPLING[resize])
+    return np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy (PIL's buffer view is read-only)
 
 
 def load_for_model(source: str | Path | bytes, size: int, resize: str, max_pixels: int | None = None) -> np.ndarray:

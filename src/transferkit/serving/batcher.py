@@ -4,8 +4,8 @@ Hand-written rather than borrowed because what it must do is small and specific 
 a queue bounded in *images* (so memory cannot grow without limit), a batch closed at
 ``max_batch_size`` images or ``max_delay_ms`` after its first request, and each request keeping
 the model it was preprocessed for, so a hot reload never mixes input sizes in one call.
-Inference runs on one dedicated thread: ONNX Runtime already uses every core inside a call, and
-sequential calls keep latency predictable.
+Up to ``workers`` calls run at once on dedicated threads (one session serves them all); the next
+batch is only gathered once a worker is free, so batches grow while the workers are busy.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ class _Request:
 
 
 class DynamicBatcher:
-    def __init__(self, max_batch_size: int, max_delay_ms: float, max_queue: int, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, max_batch_size: int, max_delay_ms: float, max_queue: int, workers: int, metrics: ServerMetrics
+    ) -> None:
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000
         self.max_queue = max_queue
@@ -43,7 +45,9 @@ class DynamicBatcher:
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._queued_images = 0
         self._carry: _Request | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
+        self._free_workers = asyncio.Semaphore(workers)
+        self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -97,25 +101,31 @@ class DynamicBatcher:
         return batch
 
     async def _serve_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
+            await self._free_workers.acquire()
             batch = await self._collect()
-            images = np.concatenate([r.images for r in batch]) if len(batch) > 1 else batch[0].images
-            self.metrics.batch_size.observe(len(images))
-            run = batch[0].model.classifier.run
-            try:
-                logits, probabilities = await loop.run_in_executor(self._executor, run, images)
-            except Exception as error:  # an ORT failure answers these requests; the loop keeps serving
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(error)
-            else:
-                start = 0
-                for request in batch:
-                    end = start + len(request.images)
-                    if not request.future.done():  # a client that went away has a cancelled future
-                        request.future.set_result((logits[start:end], probabilities[start:end]))
-                    start = end
-            finally:
-                self._queued_images -= len(images)
-                self.metrics.queue_depth.set(self._queued_images)
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[_Request]) -> None:
+        images = np.concatenate([r.images for r in batch]) if len(batch) > 1 else batch[0].images
+        self.metrics.batch_size.observe(len(images))
+        run = batch[0].model.classifier.run
+        try:
+            logits, probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, run, images)
+        except Exception as error:  # an ORT failure answers these requests; the server keeps serving
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(error)
+        else:
+            start = 0
+            for request in batch:
+                end = start + len(request.images)
+                if not request.future.done():  # a client that went away has a cancelled future
+                    request.future.set_result((logits[start:end], probabilities[start:end]))
+                start = end
+        finally:
+            self._queued_images -= len(images)
+            self.metrics.queue_depth.set(self._queued_images)
+            self._free_workers.release()

@@ -8,6 +8,7 @@ offered for the swap, so a broken file never replaces a working model.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 from transferkit.errors import ModelError
 from transferkit.registry import Registry
-from transferkit.serving.onnx_model import OnnxClassifier
+from transferkit.serving.onnx_model import OnnxClassifier, providers_for
 from transferkit.serving.settings import ServeSettings
 
 
@@ -78,11 +79,26 @@ def source_from(settings: ServeSettings) -> Source:
     return RegistrySource(settings.registry_root, name) if name else FileSource(Path(settings.model))
 
 
+def inference_parallelism(settings: ServeSettings) -> tuple[int, int]:
+    """(concurrent ONNX Runtime calls, intra-op threads per call) with 0 settings resolved.
+
+    On a CPU, one single-threaded call per core beats one call spread over every core while the
+    same cores also decode images and serve HTTP: a parallel operator waits for its slowest
+    thread, and here some thread is always interrupted (measured in docs/benchmarks.md). A GPU
+    takes one call at a time.
+    """
+    on_gpu = providers_for(settings.device, settings.tensorrt)[0] != "CPUExecutionProvider"
+    workers = settings.inference_workers or (1 if on_gpu else os.cpu_count() or 1)
+    threads = settings.threads or (0 if on_gpu or workers == 1 else 1)
+    return workers, threads
+
+
 def load_model(source: Source, settings: ServeSettings) -> ServedModel:
     """Build, check and warm up the source's current model; raises ModelError on any problem."""
     fingerprint = source.fingerprint()
     path, version, lineage = source.resolve()
-    classifier = OnnxClassifier(path, settings.device, settings.threads, settings.tensorrt)
+    _, threads = inference_parallelism(settings)
+    classifier = OnnxClassifier(path, settings.device, threads, settings.tensorrt)
     classifier.warm_up()
     return ServedModel(
         classifier=classifier,

@@ -29,7 +29,8 @@ class ServeSettings(BaseSettings):
     model_name: str | None = Field(None, description="name in /v2/models/{name} (default: registry name or file stem)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tensorrt: bool = Field(False, description="put TensorRT before CUDA (GPU only)")
-    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: all cores)")
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per call (0: auto)")
+    inference_workers: int = Field(0, ge=0, description="concurrent ONNX Runtime calls (0: auto)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, description="uvicorn worker processes, one ONNX Runtime session each")

@@ -17,7 +17,7 @@ import numpy as np
 from transferkit.errors import DataError, ModelError
 from transferkit.serving.batcher import DynamicBatcher
 from transferkit.serving.metrics import ServerMetrics
-from transferkit.serving.model_source import ServedModel, Source, load_model, source_from
+from transferkit.serving.model_source import ServedModel, Source, inference_parallelism, load_model, source_from
 from transferkit.serving.settings import ServeSettings, admin_token
 
 log = logging.getLogger("transferkit.serving")
@@ -36,7 +36,10 @@ class ServerState:
         self.name = settings.served_name()
         self.metrics = ServerMetrics()
         self.source: Source = source_from(settings)
-        self.batcher = DynamicBatcher(settings.max_batch_size, settings.max_delay_ms, settings.max_queue, self.metrics)
+        workers, _ = inference_parallelism(settings)
+        self.batcher = DynamicBatcher(
+            settings.max_batch_size, settings.max_delay_ms, settings.max_queue, workers, self.metrics
+        )
         self.admin_token = admin_token()
         self._model = model
         self._decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")

@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32])
-    parser.add_argument("--max-batch-size", type=int, default=32, help="the server's, with batching on")
+    parser.add_argument("--max-batch-size", type=int, default=8, help="the server's, with batching on")
     args = parser.parse_args()
 
     files = sorted((package_data_dir() / "images").glob("*.png"))[: args.images]

@@ -232,3 +232,19 @@ def test_admin_requires_the_token(serve, model_a: Path, monkeypatch: pytest.Monk
     monkeypatch.delenv("TRANSFERKIT_ADMIN_TOKEN")
     disabled = serve(model_a).post("/admin/reload", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
     assert disabled.status_code == 403 and "TRANSFERKIT_ADMIN_TOKEN" in disabled.json()["error"]
+
+
+def test_openapi_documents_every_route(serve, model_a: Path) -> None:
+    client = serve(model_a)
+    paths = client.get("/openapi.json").json()["paths"]
+    for route in (
+        "/v1/predict",
+        "/v1/predict/batch",
+        "/v1/model",
+        "/v2/models/{name}/infer",
+        "/metrics",
+        "/admin/reload",
+    ):
+        assert route in paths
+    assert "image/*" in paths["/v1/predict"]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 200

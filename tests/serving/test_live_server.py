@@ -152,3 +152,13 @@ def test_downstream_app_stands_alone(model_a: Path, cells: list[Path]) -> None:
     expected = predict_csv([str(model_a), *files])
     assert [r["label"] for r in standalone] == [r["label"] for r in expected]
     assert np.allclose(probabilities_of(standalone), probabilities_of(expected), atol=2e-6)
+
+
+def test_several_workers_build_their_app_from_the_environment(model_a: Path, cells: list[Path]) -> None:
+    server, url = start_server(model_a, "--workers", "2", "--max-batch-size", "4")
+    try:
+        with ServingClient(url) as client:
+            assert client.predict(cells[0])["label"] in CLASSES
+            assert client.model()["classes"] == CLASSES
+    finally:
+        stop(server)

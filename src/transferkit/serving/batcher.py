@@ -79,7 +79,12 @@ class DynamicBatcher:
         if timeout is None:
             return await self._queue.get()
         try:
-            return await asyncio.wait_for(self._queue.get(), max(timeout, 0))
+            return self._queue.get_nowait()  # what is already waiting joins at once, even with no delay left
+        except asyncio.QueueEmpty:
+            if timeout <= 0:
+                return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
         except TimeoutError:
             return None
 

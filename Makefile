@@ -36,6 +36,7 @@ test: lint
 
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/serving.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import socket
@@ -29,15 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 import numpy as np
 import torch
 
+from results import write_results
 from transferkit.data.elpv import package_data_dir
+from transferkit.serving.client import ServingClient
 from transferkit.serving.onnx_model import OnnxClassifier
 from transferkit.training.checkpoint import load_checkpoint, model_from_checkpoint
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def throughput(work: Callable[[], int], seconds: float) -> float:
@@ -114,14 +112,9 @@ def start_server(model: Path, device: str, max_batch_size: int) -> tuple[subproc
     args += ["--port", str(port), "--max-batch-size", str(max_batch_size), "--reload-interval-s", "0"]
     server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                return server, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    server.kill()
-    raise SystemExit("the server did not start")
+    with ServingClient(url) as client:
+        client.wait_until_ready(120, server)
+    return server, url
 
 
 async def load(url: str, payloads: list[bytes], clients: int, seconds: float) -> dict[str, float]:
@@ -221,8 +214,6 @@ def main() -> None:
             "served_32_clients_over_raw_ort_plus_decode": at32["requests_per_s"] * (1 / best_ort + 1 / decode),
         },
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serving.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"Model {args.model} at {classifier.image_size} px on {args.device}, {os.cpu_count()} CPUs; "
         f"{args.duration:.0f} s per measurement.",
@@ -253,8 +244,7 @@ def main() -> None:
         f"({result['ratios']['served_32_clients_over_raw_ort_plus_decode']:.2f} against ORT plus the decoding it "
         f"does not do). Decode + resize alone: {decode:.0f} img/s on one thread.",
     ]
-    (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("serving", result, lines)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,15 @@ Writes benchmarks/results/train_throughput.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from results import write_results
 from transferkit.config import Params, load_params
 from transferkit.data.elpv import package_data_dir
 from transferkit.models.classifier import build_classifier
@@ -30,8 +29,6 @@ from transferkit.training.augment import augment_batch, build_transform
 from transferkit.training.feature_cache import onnx_trunk, torch_trunk
 from transferkit.training.loop import Trainer
 from transferkit.training.strategies import cut_index
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def images_per_second(work: Callable[[], int], repeats: int) -> float:
@@ -119,8 +116,6 @@ def main() -> None:
         "speedup_top_vs_naive": round(median["train_top_on_cached_features"] / median["naive_full_finetune"], 2),
         "speedup_amortised_vs_naive": round(amortised / median["naive_full_finetune"], 2),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "train_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"Training throughput, EfficientNet-Lite0 {args.image_size} px, batch {args.batch_size}, "
         f"{device.type} ({threads} threads), median of {args.rounds} interleaved rounds",
@@ -133,8 +128,7 @@ def main() -> None:
         f"Speed-up of the default path over a naive full fine-tune: {result['speedup_top_vs_naive']}x per "
         f"training step, {result['speedup_amortised_vs_naive']}x including the one-off caching.",
     ]
-    (RESULTS / "train_throughput.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("train_throughput", result, lines)
 
 
 if __name__ == "__main__":

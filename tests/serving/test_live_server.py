@@ -20,6 +20,7 @@ import tritonclient.http as triton
 
 from tests.conftest import REPO, run_tool, tool_env
 from tests.serving.conftest import CLASSES, IMAGE_SIZE
+from transferkit.errors import TransferkitError
 from transferkit.preprocessing import load_for_model
 from transferkit.serving.client import ServingClient
 from transferkit.serving.onnx_model import cuda_driver_present
@@ -38,17 +39,13 @@ def start_server(model: Path, *flags: str) -> tuple[subprocess.Popen[str], str]:
     args = [*TRANSFERKIT, "serve", "--model", str(model), "--device", "cpu", "--port", str(port), *flags]
     server = subprocess.Popen(args, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"server exited {server.returncode}:\n{server.stdout.read()}")
-        try:
-            if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                return server, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    server.kill()
-    raise AssertionError("server did not become ready in 120 s")
+    try:
+        with ServingClient(url) as client:
+            client.wait_until_ready(120, server)
+    except TransferkitError as error:
+        server.kill()
+        raise AssertionError(f"{error}:\n{server.communicate()[0]}") from None
+    return server, url
 
 
 def stop(server: subprocess.Popen[str]) -> str:

@@ -6,6 +6,7 @@ is retried after the server's Retry-After.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,19 @@ class ServingClient:
 
     def ready(self) -> bool:
         try:
-            return self._http.get("/v2/health/ready").status_code == 200
+            return self._http.get("/v2/health/ready", timeout=1).status_code == 200
         except httpx.TransportError:
             return False
+
+    def wait_until_ready(self, timeout: float, server: subprocess.Popen[Any] | None = None) -> None:
+        """Poll readiness for up to ``timeout`` seconds; stop early if the ``server`` process exits."""
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if server is not None and server.poll() is not None:
+                raise TransferkitError(f"the server exited with code {server.returncode} before it was ready")
+            if time.monotonic() > deadline:
+                raise TransferkitError(f"the server at {self._http.base_url} was not ready after {timeout:.0f} s")
+            time.sleep(0.2)
 
     def predict(self, image: str | Path | bytes) -> dict[str, Any]:
         """Label and probabilities for one image file or its bytes."""

@@ -149,6 +149,58 @@ def _expand(paths: list[Path]) -> list[Path]:
     return files
 
 
+def _parse_sets(sets: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs with YAML values, as ``dvc exp run -S`` takes them."""
+    import yaml
+
+    overrides = {}
+    for item in sets:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+@app.command()
+def study(
+    params: Path = ParamsOption,
+    sets: list[str] = typer.Option([], "--set", "-S", help="dotted override KEY=VALUE, e.g. -S study.seeds=[0]"),
+    jobs: int | None = typer.Option(None, min=1, help="cells run in parallel processes [study.jobs]"),
+    report_only: bool = typer.Option(False, help="rebuild the report from finished cells, train nothing"),
+) -> None:
+    """Run the strategy x data-fraction x seed grid (params `study:`) and write its report."""
+    from transferkit.config import load_params
+    from transferkit.study.grid import base_raw
+    from transferkit.study.report import write_report
+    from transferkit.study.runner import run_study
+
+    try:
+        resolved = load_params(params, _parse_sets(sets))
+        outcome = None if report_only else run_study(resolved, jobs)
+    except TransferkitError as error:
+        raise _fail(error) from None
+    base = base_raw(resolved)
+    command = " ".join(["transferkit study", *(f"-S {item}" for item in sets)])
+    intro = (
+        f"Made by `{command}` (params: `{params}`). Every cell: {base['model']['architecture']} "
+        f"({base['model']['weights']} weights except scratch), {base['data']['image_size']} px, "
+        f"up to {base['train']['epochs']} epochs (early stopping on validation macro-F1), "
+        f"frozen_units {base['train']['frozen_units']} for finetune/gradual, the same split and test set; "
+        f"study overrides: `{resolved.study.overrides}`. Mean ± sample std over seeds; training time is "
+        "wall-clock on the machine that ran the cell."
+    )
+    report = write_report(Path(resolved.study.root), Path(resolved.study.report), intro)
+    console.print(f"report: {resolved.study.report}/README.md ({len(report['cells'])} cells)")
+    if outcome is not None and outcome.failed:
+        console.print(
+            f"[bold red]error:[/] {len(outcome.failed)} cell(s) failed ({', '.join(outcome.failed)}); "
+            "the others are kept, rerun to retry the failed ones",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+
+
 Row = list[str]
 
 

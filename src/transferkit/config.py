@@ -151,6 +151,23 @@ class PathParams(Section):
     export_report: str = "reports/export.json"
 
 
+class StudyParams(Section):
+    """The strategy x data-fraction grid of ``transferkit study`` (not a pipeline stage).
+
+    Every cell is the pipeline's own params plus ``overrides`` (dotted keys, e.g. a smaller
+    image size for a CPU run) and its strategy, training fraction and seed.
+    """
+
+    strategies: list[Strategy] = ["linear", "finetune", "gradual", "scratch"]
+    fractions: list[Annotated[float, Field(gt=0, le=1)]] = [0.05, 0.1, 0.25, 0.5, 1.0]
+    seeds: list[int] = [0, 1, 2]
+    four_class: bool = True
+    overrides: dict[str, Any] = {}
+    root: str = "studies/default"
+    report: str = "docs/study"
+    jobs: Annotated[int, Field(ge=1)] = 1
+
+
 class Params(Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
@@ -159,6 +176,16 @@ class Params(Section):
     gate: GateParams = GateParams()
     export: ExportParams = ExportParams()
     paths: PathParams = PathParams()
+    study: StudyParams = StudyParams()
+
+    @model_validator(mode="after")
+    def _scratch_starts_from_random_weights(self) -> Params:
+        if self.train.strategy == "scratch" and self.model.weights != "none":
+            raise ValueError(
+                "strategy 'scratch' means training from random init: set model.weights: none "
+                f"(got {self.model.weights!r})"
+            )
+        return self
 
     def section_hash(self, *sections: str) -> str:
         """Short stable hash of the named sections, recorded in checkpoints and model metadata."""

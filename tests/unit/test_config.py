@@ -98,3 +98,9 @@ def test_cli_check_params_exits_non_zero_with_the_message(tmp_path) -> None:
     result = run_tool(["transferkit", "check-params", "--params", str(bad)], tmp_path, check=False)
     assert result.returncode == 2
     assert "train.strategy" in result.stderr and "finetune" in result.stderr
+
+
+def test_scratch_needs_random_weights() -> None:
+    message = _error({"train": {"strategy": "scratch", "frozen_units": 0}})
+    assert "model.weights: none" in message
+    parse_params({"train": {"strategy": "scratch", "frozen_units": 0}, "model": {"weights": "none"}})

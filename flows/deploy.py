@@ -1,8 +1,9 @@
-"""Serve `training_pipeline` as a scheduled deployment (nightly retrain) on this machine.
+"""Serve `training_pipeline` (nightly retrain) and `study` (on demand) as deployments on this machine.
 
 prefect server start                     # UI at http://127.0.0.1:4200
-python -m flows.deploy                   # registers + serves the deployment (keep it running)
+python -m flows.deploy                   # registers + serves the deployments (keep it running)
 prefect deployment run 'training_pipeline/nightly-retrain'
+prefect deployment run 'study/strategy-study'
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 
+from flows.study_pipeline import StudyRequest, study_pipeline
 from flows.training_pipeline import TrainingRequest, training_pipeline
 
 NIGHTLY_CRON = "0 2 * * *"
@@ -25,5 +27,15 @@ def nightly_deployment(request: TrainingRequest | None = None) -> RunnerDeployme
     )
 
 
+def study_deployment(request: StudyRequest | None = None) -> RunnerDeployment:
+    """The strategy x fraction study, run on demand (it is hours of GPU time, not a nightly job)."""
+    return study_pipeline.to_deployment(
+        name="strategy-study",
+        parameters={"request": (request or StudyRequest()).model_dump()},
+        description="Run (or resume) the strategy x data-fraction study and publish its report.",
+        tags=["transferkit", "study"],
+    )
+
+
 if __name__ == "__main__":
-    serve(nightly_deployment())
+    serve(nightly_deployment(), study_deployment())

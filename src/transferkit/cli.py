@@ -171,7 +171,6 @@ def study(
 ) -> None:
     """Run the strategy x data-fraction x seed grid (params `study:`) and write its report."""
     from transferkit.config import load_params
-    from transferkit.study.grid import base_raw
     from transferkit.study.report import write_report
     from transferkit.study.runner import run_study
 
@@ -180,17 +179,8 @@ def study(
         outcome = None if report_only else run_study(resolved, jobs)
     except TransferkitError as error:
         raise _fail(error) from None
-    base = base_raw(resolved)
-    command = " ".join(["transferkit study", *(f"-S {item}" for item in sets)])
-    intro = (
-        f"Made by `{command}` (params: `{params}`). Every cell: {base['model']['architecture']} "
-        f"({base['model']['weights']} weights except scratch), {base['data']['image_size']} px, "
-        f"up to {base['train']['epochs']} epochs (early stopping on validation macro-F1), "
-        f"frozen_units {base['train']['frozen_units']} for finetune/gradual, the same split and test set; "
-        f"study overrides: `{resolved.study.overrides}`. Mean ± sample std over seeds; training time is "
-        "wall-clock on the machine that ran the cell."
-    )
-    report = write_report(Path(resolved.study.root), Path(resolved.study.report), intro)
+    command = " ".join(["transferkit study", *(f"-S '{item}'" for item in sets)])
+    report = write_report(resolved, command)
     console.print(f"report: {resolved.study.report}/README.md ({len(report['cells'])} cells)")
     if outcome is not None and outcome.failed:
         console.print(

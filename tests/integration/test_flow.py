@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -169,3 +170,25 @@ def test_nightly_deployment_carries_cron_and_parameters() -> None:
     assert deployment.name == "nightly-retrain"
     assert deployment.schedules[0].schedule.cron == NIGHTLY_CRON == "0 2 * * *"
     assert deployment.parameters["request"]["registry"] == "cells"
+
+
+def test_study_flow_runs_cells_and_publishes_the_report(tmp_path: Path, elpv_subset: Path, harness) -> None:
+    from flows.deploy import study_deployment
+    from flows.study_pipeline import StudyRequest, study_pipeline
+    from prefect.client.orchestration import get_client
+
+    from tests.conftest import REPO
+    from tests.integration.test_study import study_params
+
+    params = study_params(tmp_path, elpv_subset)
+    request = StudyRequest(
+        project_dir=str(REPO), params_file=str(params), overrides={"study.strategies": ["linear"]}, jobs=1
+    )
+    assert study_pipeline(request) == {"report": str(tmp_path / "report" / "README.md"), "cells": 2}
+
+    async def artifact_text() -> str:
+        async with get_client() as client:
+            return (await client.read_latest_artifacts())[0].data
+
+    assert "| 2-class | linear | 1 | 1 |" in asyncio.run(artifact_text())
+    assert study_deployment().name == "strategy-study"

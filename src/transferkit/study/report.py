@@ -16,8 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from transferkit.config import Params
 from transferkit.io import atomic_write, read_json, write_json, write_text
-from transferkit.study.grid import ERROR, RESULT
+from transferkit.study.grid import ERROR, RESULT, base_raw
 
 PRETRAINED = ("linear", "finetune", "gradual")
 
@@ -152,9 +153,25 @@ def plot_accuracy_vs_time(results: list[dict[str, Any]], path: Path) -> None:
     _save(figure, path)
 
 
-def write_report(root: Path, out: Path, intro: str) -> dict[str, Any]:
-    """Build the report in ``out`` from the cells under ``root``; returns what it wrote."""
-    results, failures = collect(root)
+def describe(params: Params, command: str) -> str:
+    """The report's first paragraph: the command and the recipe every cell shares."""
+    base = base_raw(params)
+    model, data, train = base["model"], base["data"], base["train"]
+    return (
+        f"Made by `{command}`. Every cell: {model['architecture']} ({model['weights']} weights, except "
+        f"scratch: random init), {data['image_size']} px, up to {train['epochs']} epochs with early stopping "
+        f"on validation {train['selection_metric']}, frozen_units {train['frozen_units']} for finetune and "
+        f"gradual, EMA {train['ema_decay']}, the same split and test set; study overrides "
+        f"`{params.study.overrides}`. Mean ± sample std over seeds; training time is wall-clock on the "
+        "machine that ran the cell."
+    )
+
+
+def write_report(params: Params, command: str) -> dict[str, Any]:
+    """Build the report in ``study.report`` from the cells under ``study.root``; returns what it wrote."""
+    out = Path(params.study.report)
+    intro = describe(params, command)
+    results, failures = collect(Path(params.study.root))
     rows = aggregate(results)
     claim_rows = claims(rows)
     report = {"cells": results, "failed": failures, "table": rows, "claims": claim_rows}

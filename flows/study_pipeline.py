@@ -1,0 +1,58 @@
+"""Prefect flow `study`: run `transferkit study` in a project and publish its report as an artifact.
+
+The study itself skips finished cells and records failed ones, so a retry or a rerun of this
+flow only trains what is missing. The flow fails (after publishing the partial report) when a
+cell failed, naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict
+
+from transferkit import orchestration
+from transferkit.config import load_params
+
+
+class StudyRequest(BaseModel):
+    """Typed flow parameters; ``overrides`` are dotted params (``study.seeds: [0]``) as with `-S`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    project_dir: str = "."
+    params_file: str = "params.yaml"
+    overrides: dict[str, Any] = {}
+    jobs: int | None = None
+
+
+@task(cache_policy=NO_CACHE)
+def run_study_command(project: Path, request: StudyRequest) -> subprocess.CompletedProcess[str]:
+    args = [sys.executable, "-m", "transferkit.cli", "study", "-p", request.params_file]
+    for key, value in request.overrides.items():
+        args += ["-S", f"{key}={json.dumps(value)}"]  # JSON is YAML, which `-S` reads
+    if request.jobs:
+        args += ["--jobs", str(request.jobs)]
+    return subprocess.run(args, cwd=project, env=orchestration.tool_env(), capture_output=True, text=True)
+
+
+@flow(name="study")
+def study_pipeline(request: StudyRequest | None = None) -> dict[str, Any]:
+    request = request or StudyRequest()
+    project = Path(request.project_dir)
+    result = run_study_command(project, request)
+    if result.returncode == 2:  # invalid params: nothing ran
+        raise RuntimeError(f"the study did not start: {result.stderr.strip().splitlines()[-1]}")
+    params = load_params(project / request.params_file, request.overrides)
+    report = project / params.study.report / "README.md"
+    create_markdown_artifact(report.read_text(), key="study-report", description="strategy x fraction study")
+    if result.returncode != 0:
+        raise RuntimeError(f"study cells failed: {result.stderr.strip().splitlines()[-1]}")
+    return {"report": str(report), "cells": len(list((project / params.study.root / "cells").glob("*/result.json")))}

@@ -174,13 +174,13 @@ def study(
     from transferkit.study.report import write_report
     from transferkit.study.runner import run_study
 
+    command = " ".join(["transferkit study", *(f"-S '{item}'" for item in sets)])
     try:
         resolved = load_params(params, _parse_sets(sets))
         outcome = None if report_only else run_study(resolved, jobs)
+        report = write_report(resolved, command)
     except TransferkitError as error:
         raise _fail(error) from None
-    command = " ".join(["transferkit study", *(f"-S '{item}'" for item in sets)])
-    report = write_report(resolved, command)
     console.print(f"report: {resolved.study.report}/README.md ({len(report['cells'])} cells)")
     if outcome is not None and outcome.failed:
         console.print(

@@ -73,3 +73,10 @@ def test_a_failed_cell_keeps_the_others(tmp_path: Path, elpv_subset: Path) -> No
     assert (cells / "2class-linear-f1-s0" / "result.json").is_file()
     assert "error" in json.loads((cells / "2class-linear-f0.01-s0" / "error.json").read_text())
     assert "2class-linear-f0.01-s0" in (tmp_path / "report" / "README.md").read_text()
+
+
+def test_report_only_without_cells_says_what_to_do(tmp_path: Path, elpv_subset: Path) -> None:
+    result = run_tool(
+        [*TRANSFERKIT, "study", "-p", str(study_params(tmp_path, elpv_subset)), "--report-only"], REPO, False
+    )
+    assert result.returncode == 2 and "run `transferkit study` first" in result.stderr

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from transferkit.config import Params
+from transferkit.errors import ConfigError
 from transferkit.io import atomic_write, read_json, write_json, write_text
 from transferkit.study.grid import ERROR, RESULT, base_raw
 
@@ -172,6 +173,8 @@ def write_report(params: Params, command: str) -> dict[str, Any]:
     out = Path(params.study.report)
     intro = describe(params, command)
     results, failures = collect(Path(params.study.root))
+    if not results and not failures:
+        raise ConfigError(f"no study cells under {params.study.root}; run `transferkit study` first")
     rows = aggregate(results)
     claim_rows = claims(rows)
     report = {"cells": results, "failed": failures, "table": rows, "claims": claim_rows}

@@ -159,7 +159,8 @@ def describe(params: Params, command: str) -> str:
     base = base_raw(params)
     model, data, train = base["model"], base["data"], base["train"]
     return (
-        f"Made by `{command}`. Every cell: {model['architecture']} ({model['weights']} weights, except "
+        f"Every finished cell under `{params.study.root}`, reported by `{command}` (cells run by earlier "
+        f"invocations on the same folder included). Every cell: {model['architecture']} ({model['weights']} weights, except "
         f"scratch: random init), {data['image_size']} px, up to {train['epochs']} epochs with early stopping "
         f"on validation {train['selection_metric']}, frozen_units {train['frozen_units']} for finetune and "
         f"gradual, EMA {train['ema_decay']}, the same split and test set; study overrides "

@@ -159,13 +159,13 @@ def describe(params: Params, command: str) -> str:
     base = base_raw(params)
     model, data, train = base["model"], base["data"], base["train"]
     return (
-        f"Every finished cell under `{params.study.root}`, reported by `{command}` (cells run by earlier "
-        f"invocations on the same folder included). Every cell: {model['architecture']} ({model['weights']} weights, except "
-        f"scratch: random init), {data['image_size']} px, up to {train['epochs']} epochs with early stopping "
-        f"on validation {train['selection_metric']}, frozen_units {train['frozen_units']} for finetune and "
-        f"gradual, EMA {train['ema_decay']}, the same split and test set; study overrides "
-        f"`{params.study.overrides}`. Mean ± sample std over seeds; training time is wall-clock on the "
-        "machine that ran the cell."
+        f"Every finished cell under `{params.study.root}`, reported by `{command}` (cells run by "
+        f"earlier invocations on the same folder included). Every cell: {model['architecture']} "
+        f"({model['weights']} weights, except scratch: random init), {data['image_size']} px, "
+        f"up to {train['epochs']} epochs with early stopping on validation {train['selection_metric']}, "
+        f"frozen_units {train['frozen_units']} for finetune and gradual, EMA {train['ema_decay']}, "
+        f"the same split and test set; study overrides `{params.study.overrides}`. Mean ± sample std "
+        "over seeds; training time is wall-clock on the machine that ran the cell."
     )
 
 

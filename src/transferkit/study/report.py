@@ -136,6 +136,9 @@ def plot_accuracy_vs_fraction(rows: list[dict[str, Any]], path: Path) -> None:
             label=strategy,
         )
     axis.set(xscale="log", xlabel="training data used (%)", ylabel="test accuracy (mean ± std over seeds)")
+    percents = sorted({100 * r["fraction"] for r in rows if r["classes"] == 2})
+    axis.set_xticks(percents, labels=[f"{p:g}" for p in percents])
+    axis.minorticks_off()
     axis.set_title("ELPV binary: accuracy vs training data")
     axis.grid(alpha=0.3)
     axis.legend()

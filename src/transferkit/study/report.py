@@ -74,6 +74,9 @@ def claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _mean_std(row: dict[str, Any], key: str, digits: int = 4) -> str:
+    """``mean ± std`` over seeds; a single seed has no spread to show."""
+    if row["seeds"] == 1:
+        return f"{row[key]:.{digits}f}"
     return f"{row[key]:.{digits}f} ± {row[key + '_std']:.{digits}f}"
 
 
@@ -168,7 +171,8 @@ def describe(params: Params, command: str) -> str:
         f"up to {train['epochs']} epochs with early stopping on validation {train['selection_metric']}, "
         f"frozen_units {train['frozen_units']} for finetune and gradual, EMA {train['ema_decay']}, "
         f"the same split and test set; study overrides `{params.study.overrides}`. Mean ± sample std "
-        "over seeds; training time is wall-clock on the machine that ran the cell."
+        "over seeds; training time is wall-clock on the machine that ran the cell, including the "
+        "feature caching where the cell was the first to need those features."
     )
 
 

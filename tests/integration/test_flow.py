@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
@@ -175,7 +174,7 @@ def test_nightly_deployment_carries_cron_and_parameters() -> None:
 def test_study_flow_runs_cells_and_publishes_the_report(tmp_path: Path, elpv_subset: Path, harness) -> None:
     from flows.deploy import study_deployment
     from flows.study_pipeline import StudyRequest, study_pipeline
-    from prefect.client.orchestration import get_client
+    from prefect.artifacts import Artifact
 
     from tests.conftest import REPO
     from tests.integration.test_study import study_params
@@ -186,9 +185,5 @@ def test_study_flow_runs_cells_and_publishes_the_report(tmp_path: Path, elpv_sub
     )
     assert study_pipeline(request) == {"report": str(tmp_path / "report" / "README.md"), "cells": 2}
 
-    async def artifact_text() -> str:
-        async with get_client() as client:
-            return (await client.read_latest_artifacts())[0].data
-
-    assert "| 2-class | linear | 1 | 1 |" in asyncio.run(artifact_text())
+    assert "| 2-class | linear | 1 | 1 |" in Artifact.get("study-report").data
     assert study_deployment().name == "strategy-study"

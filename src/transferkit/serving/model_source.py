@@ -45,7 +45,8 @@ class FileSource:
             raise ModelError(f"model file not found: {self.path}") from None
         return f"{stat.st_mtime_ns}:{stat.st_size}"
 
-    def resolve(self) -> tuple[Path, str | None, dict[str, Any]]:
+    def resolve(self, fingerprint: str) -> tuple[Path, str | None, dict[str, Any]]:
+        """(model path, version or None, lineage) of the model that ``fingerprint`` names."""
         return self.path, None, {}
 
 
@@ -65,10 +66,10 @@ class RegistrySource:
             )
         return f"v{version}"
 
-    def resolve(self) -> tuple[Path, str | None, dict[str, Any]]:
-        version = int(self.fingerprint()[1:])
-        info = self.registry.show(version)
-        return Path(info["path"]) / "model.onnx", f"v{version}", info["lineage"]
+    def resolve(self, fingerprint: str) -> tuple[Path, str | None, dict[str, Any]]:
+        """The version ``fingerprint`` names, not a second read of the pointer that may have moved since."""
+        info = self.registry.show(int(fingerprint.removeprefix("v")))
+        return Path(info["path"]) / "model.onnx", fingerprint, info["lineage"]
 
 
 Source = FileSource | RegistrySource
@@ -96,7 +97,7 @@ def inference_parallelism(settings: ServeSettings) -> tuple[int, int]:
 def load_model(source: Source, settings: ServeSettings) -> ServedModel:
     """Build, check and warm up the source's current model; raises ModelError on any problem."""
     fingerprint = source.fingerprint()
-    path, version, lineage = source.resolve()
+    path, version, lineage = source.resolve(fingerprint)
     _, threads = inference_parallelism(settings)
     classifier = OnnxClassifier(path, settings.device, threads, settings.tensorrt)
     classifier.warm_up()

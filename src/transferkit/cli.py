@@ -194,6 +194,14 @@ def study(
 Row = list[str]
 
 
+def _row(
+    file: Path, class_names: list[str], label: str = "", probabilities: dict[str, float] | None = None, error: str = ""
+) -> Row:
+    """One CSV row [file, label, p_<class>..., error]; an unreadable file has only its error."""
+    values = [f"{probabilities[name]:.6f}" for name in class_names] if probabilities else [""] * len(class_names)
+    return [str(file), label, *values, error]
+
+
 def _local_rows(model: Path, files: list[Path], device: str, batch_size: int) -> tuple[list[str], list[Row]]:
     """Rows [file, label, p_..., error] from a local ONNX model, in ``files`` order."""
     import numpy as np
@@ -202,7 +210,7 @@ def _local_rows(model: Path, files: list[Path], device: str, batch_size: int) ->
     from transferkit.serving.onnx_model import OnnxClassifier
 
     classifier = OnnxClassifier(model, device)
-    blank = [""] * len(classifier.class_names)
+    names = classifier.class_names
     rows: list[Row] = []
     for start in range(0, len(files), batch_size):
         chunk, images, readable = files[start : start + batch_size], [], []
@@ -211,12 +219,12 @@ def _local_rows(model: Path, files: list[Path], device: str, batch_size: int) ->
                 images.append(classifier.preprocess(file))
                 readable.append(file)
             except DataError as error:
-                rows.append([str(file), "", *blank, str(error)])
+                rows.append(_row(file, names, error=str(error)))
         predictions = classifier.predict(np.stack(images)) if images else []
         for file, result in zip(readable, predictions, strict=True):
-            rows.append([str(file), result.label, *(f"{p:.6f}" for p in result.probabilities.values()), ""])
+            rows.append(_row(file, names, result.label, result.probabilities))
     order = {str(file): i for i, file in enumerate(files)}
-    return classifier.class_names, sorted(rows, key=lambda row: order[row[0]])
+    return names, sorted(rows, key=lambda row: order[row[0]])
 
 
 def _remote_rows(url: str, files: list[Path], batch_size: int) -> tuple[list[str], list[Row]]:
@@ -229,11 +237,7 @@ def _remote_rows(url: str, files: list[Path], batch_size: int) -> tuple[list[str
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
             for file, entry in zip(chunk, client.predict_batch(chunk), strict=True):
-                if entry["error"]:
-                    rows.append([str(file), "", *([""] * len(class_names)), entry["error"]])
-                else:
-                    probabilities = (f"{entry['probabilities'][name]:.6f}" for name in class_names)
-                    rows.append([str(file), entry["label"], *probabilities, ""])
+                rows.append(_row(file, class_names, entry["label"] or "", entry["probabilities"], entry["error"] or ""))
     return class_names, rows
 
 

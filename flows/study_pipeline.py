@@ -16,20 +16,15 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict
 
+from flows.requests import ProjectRequest
 from transferkit import orchestration
 from transferkit.config import load_params
 
 
-class StudyRequest(BaseModel):
-    """Typed flow parameters; ``overrides`` are dotted params (``study.seeds: [0]``) as with `-S`."""
+class StudyRequest(ProjectRequest):
+    """``overrides`` are dotted params (``study.seeds: [0]``), passed on as `-S`."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    project_dir: str = "."
-    params_file: str = "params.yaml"
-    overrides: dict[str, Any] = {}
     jobs: int | None = None
 
 

@@ -14,22 +14,15 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
-from pydantic import BaseModel, ConfigDict
 
+from flows.requests import ProjectRequest
 from transferkit import orchestration
 from transferkit.config import Params, Strategy
 from transferkit.orchestration import STAGES, TransientError
 from transferkit.registry import Registry
 
 
-class TrainingRequest(BaseModel):
-    """Typed flow parameters; unknown keys and wrong types are refused at submission."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    project_dir: str = "."
-    params_file: str = "params.yaml"
-    overrides: dict[str, Any] = {}
+class TrainingRequest(ProjectRequest):
     data_path: str | None = None
     strategy: Strategy | None = None
     registry: str = "elpv-defects"

@@ -21,7 +21,8 @@ RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
 }
 GRAYSCALE_MODES = frozenset({"1", "L", "I", "I;16", "F"})
-DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# UnidentifiedImageError (an OSError) is caught before these, with a message of its own.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def decode_image(source: str | Path | bytes, max_pixels: int | None = None) -> Image.Image:

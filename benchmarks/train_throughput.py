@@ -24,9 +24,10 @@ from transferkit.config import Params, load_params
 from transferkit.data.elpv import package_data_dir
 from transferkit.models.classifier import build_classifier
 from transferkit.preprocessing import load_for_model
-from transferkit.stages.common import configure_threads, resolve_device
+from transferkit.stages.common import configure_threads
 from transferkit.training.augment import augment_batch, build_transform
-from transferkit.training.feature_cache import onnx_trunk, torch_trunk
+from transferkit.training.compute import Compute
+from transferkit.training.feature_cache import onnx_trunk, torch_trunk, trunk_onnx
 from transferkit.training.loop import Trainer
 from transferkit.training.strategies import cut_index
 
@@ -62,8 +63,9 @@ def main() -> None:
     args.image_size = args.image_size or params.data.image_size
 
     threads = configure_threads(0)
-    device = resolve_device(args.device)
-    defaults = params.train
+    defaults = params.train.model_copy(update={"device": args.device})
+    compute = Compute.from_params(defaults)
+    device = compute.device
     files = sorted((package_data_dir() / "images").iterdir())[:256]
     images = torch.from_numpy(np.stack([load_for_model(f, args.image_size, "bilinear") for f in files]))
     batch = images[: args.batch_size]
@@ -72,14 +74,14 @@ def main() -> None:
     fast_model = build_classifier("efficientnet_lite0", "imagenet", 2, 0.2)
     cut = cut_index(defaults, fast_model.num_units)
     trunk = (
-        onnx_trunk(fast_model, cut, args.image_size, threads)
+        onnx_trunk(trunk_onnx(fast_model, cut, args.image_size), threads)
         if device.type == "cpu"
-        else torch_trunk(fast_model, cut, device)
+        else torch_trunk(fast_model, cut, compute)
     )
     features = trunk(batch)
-    fast = Trainer(fast_model, defaults, cut, device, steps_per_epoch=10)
+    fast = Trainer(fast_model, defaults, cut, compute, steps_per_epoch=10)
     naive_model = build_classifier("efficientnet_lite0", "imagenet", 2, 0.2)
-    naive = Trainer(naive_model, defaults.model_copy(update={"frozen_units": 0}), 0, device, steps_per_epoch=10)
+    naive = Trainer(naive_model, defaults.model_copy(update={"frozen_units": 0}), 0, compute, steps_per_epoch=10)
 
     transform = build_transform(defaults.augment)
     methods: dict[str, Callable[[], int]] = {

@@ -84,20 +84,24 @@ class AugmentParams(Section):
 
 
 class TrainParams(Section):
+    """The documented recipe: these defaults and params.yaml agree (a test says so)."""
+
     strategy: Strategy = "finetune"
     device: Device = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     epochs: Annotated[int, Field(ge=1)] = 12
     batch_size: Annotated[int, Field(ge=1)] = 32
     lr: PositiveFloat = 1e-3
-    backbone_lr_factor: Annotated[float, Field(gt=0, le=1)] = 0.1
+    backbone_lr_factor: Annotated[float, Field(gt=0, le=1)] = 0.3
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.99
     class_weighting: Literal["balanced", "none"] = "balanced"
     early_stopping_patience: Annotated[int, Field(ge=1)] = 5
     selection_metric: Literal["macro_f1", "accuracy", "loss"] = "macro_f1"
-    frozen_units: Annotated[int, Field(ge=0)] = 0
+    frozen_units: Annotated[int, Field(ge=0)] = 12
     feature_cache: Literal["auto", "on", "off"] = "auto"
     cache_views: Literal[1, 2, 4, 8] = 8
     unfreeze_every: Annotated[int, Field(ge=1)] = 2
@@ -132,7 +136,9 @@ class GateParams(Section):
 
 class ExportParams(Section):
     opset: Annotated[int, Field(ge=13, le=21)] = 17
+    precision: Literal["fp32", "fp16"] = "fp32"
     parity_tolerance: PositiveFloat = 1e-4
+    fp16_parity_tolerance: PositiveFloat = 0.05
 
 
 class PathParams(Section):

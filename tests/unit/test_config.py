@@ -18,6 +18,19 @@ def test_repository_params_file_is_valid_and_complete() -> None:
     assert params.train.strategy in {"linear", "finetune", "gradual", "scratch"}
 
 
+def test_params_file_and_code_defaults_are_one_recipe() -> None:
+    """A library caller (``Params()``) gets exactly the pipeline's recipe, key for key."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    defaults = Params().model_dump(mode="json")
+    differing = {
+        f"{section}.{key}": (value, raw.get(section, {}).get(key, "(missing)"))
+        for section, values in defaults.items()
+        for key, value in values.items()
+        if raw.get(section, {}).get(key, "(missing)") != value
+    }
+    assert not differing, f"params.yaml vs config.py defaults (code, file): {differing}"
+
+
 def _error(raw: dict) -> str:
     with pytest.raises(ConfigError) as info:
         parse_params(raw)

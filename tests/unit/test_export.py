@@ -64,7 +64,15 @@ def test_parity_check_fails_loudly() -> None:
     with pytest.raises(ExportError, match="disagrees with PyTorch"):
         check_parity(logits + 1e-2, logits, labels, 1e-4)
     with pytest.raises(ExportError, match=r"argmax agreement 0\.5000"):
-        check_parity(np.array([[0.0, 1.0], [0.0, 1.0]]), logits, labels, 10.0)
+        check_parity(np.array([[0.0, 1.0], [0.0, 1.0]]), logits, labels, 0.5)
+
+
+def test_parity_admits_only_flips_of_near_ties() -> None:
+    """Every logit within the tolerance: a prediction can flip only where the top two were that close."""
+    reference = np.array([[0.50002, 0.49998], [2.0, -2.0]])
+    near_tie = np.array([[0.49998, 0.50002], [2.0, -2.0]])
+    report = check_parity(near_tie, reference, np.array([0, 0]), 1e-4)
+    assert report.passed and report.argmax_agreement == 0.5 and report.onnx_accuracy == 0.5
 
 
 def test_broken_or_foreign_model_files_are_rejected(tmp_path: Path) -> None:
@@ -92,3 +100,29 @@ def test_cuda_request_without_a_gpu_never_falls_back_silently(exported) -> None:
     _, path = exported
     with pytest.raises(ModelError, match="CUDA"):
         OnnxClassifier(path, device="cuda")
+
+
+def test_io_binding_path_runs_on_the_cpu_device(exported) -> None:
+    """The GPU's IO-binding code, bound to the CPU device: the same answers as a plain run."""
+    _, path = exported
+    images = np.random.default_rng(0).integers(0, 256, (3, 3, 64, 64), dtype=np.uint8)
+    bound = OnnxClassifier(path, device="cpu", io_binding=True)
+    plain = OnnxClassifier(path, device="cpu")
+    assert bound.io_binding and not plain.io_binding
+    for got, expected in zip(bound.run(images), plain.run(images), strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_fp16_export_keeps_the_contract_and_runs_on_the_cpu_provider(exported) -> None:
+    model, path = exported
+    fp16 = onnx.load_from_string(export_onnx(model, 64, 17, {**META, "precision": "fp16"}, precision="fp16"))
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert {o.type.tensor_type.elem_type for o in fp16.graph.output} == {onnx.TensorProto.FLOAT}
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
+    half_path = path.with_name("model-fp16.onnx")
+    onnx.save(fp16, str(half_path))
+    images = np.random.default_rng(1).integers(0, 256, (4, 3, 64, 64), dtype=np.uint8)
+    full, half = OnnxClassifier(path, device="cpu").run(images), OnnxClassifier(half_path, device="cpu").run(images)
+    assert half[0].dtype == np.float32 and half[0].shape == full[0].shape
+    assert 0 < np.abs(half[0] - full[0]).max() < 0.05  # fp16 really ran, within the default tolerance
+    assert path.stat().st_size > 1.8 * half_path.stat().st_size

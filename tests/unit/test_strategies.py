@@ -80,15 +80,19 @@ def test_param_groups_use_discriminative_learning_rates(model: ImageClassifier) 
 
 
 def test_scratch_trains_the_backbone_at_the_head_rate(model: ImageClassifier) -> None:
-    groups = param_groups(model, TrainParams(strategy="scratch", lr=2e-3, backbone_lr_factor=0.1), cut=0)
+    groups = param_groups(
+        model, TrainParams(strategy="scratch", lr=2e-3, backbone_lr_factor=0.1, frozen_units=0), cut=0
+    )
     assert {g["lr"] for g in groups} == {2e-3}
 
 
 def test_warmup_then_cosine_schedule(model: ImageClassifier) -> None:
     import torch
 
+    from transferkit.training.compute import Compute
+
     train = TrainParams(lr=1e-3, epochs=4, warmup_epochs=1)
-    trainer = Trainer(model, train, cut=12, device=torch.device("cpu"), steps_per_epoch=10)
+    trainer = Trainer(model, train, cut=12, compute=Compute(torch.device("cpu"), "fp32", False), steps_per_epoch=10)
     head_group = trainer.optimizer.param_groups[-1]
     lrs = []
     for _ in range(40):

@@ -12,15 +12,17 @@ from transferkit.io import atomic_write
 from transferkit.models.classifier import build_classifier
 from transferkit.training.batches import FeatureBatches
 from transferkit.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from transferkit.training.compute import Compute
 from transferkit.training.feature_cache import (
     D4_VIEWS,
     VIEW_SETS,
     apply_view,
-    cached_features,
-    compute_features,
     onnx_trunk,
     torch_trunk,
+    trunk_onnx,
 )
+
+CPU = Compute(torch.device("cpu"), "fp32", channels_last=False)
 
 
 @pytest.fixture(scope="module")
@@ -38,29 +40,15 @@ def test_d4_views_are_the_eight_distinct_symmetries() -> None:
 
 def test_onnx_runtime_trunk_matches_pytorch(model) -> None:
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
-    reference = torch_trunk(model, 12, torch.device("cpu"))(images)
-    fast = onnx_trunk(model, 12, image_size=64, threads=2)(images)
+    reference = torch_trunk(model, 12, CPU)(images)
+    fast = onnx_trunk(trunk_onnx(model, 12, image_size=64), threads=2)(images)
     assert fast.shape == reference.shape == (3, 112, 4, 4)
     assert (fast - reference).abs().max().item() < 1e-4
 
 
 def test_linear_probe_features_are_pooled(model) -> None:
-    features = torch_trunk(model, model.num_units, torch.device("cpu"))(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
+    features = torch_trunk(model, model.num_units, CPU)(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
     assert features.shape == (2, 1280, 1, 1)
-
-
-def test_cached_features_are_computed_once(tmp_path: Path, model) -> None:
-    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return compute_features(torch_trunk(model, 5, torch.device("cpu")), images, VIEW_SETS[2], 2, "test")
-
-    first = cached_features(tmp_path, "key", compute)
-    second = cached_features(tmp_path, "key", compute)
-    assert len(calls) == 1 and first.shape[:2] == (2, 4) and first.dtype == torch.float16
-    assert torch.equal(first, second)
 
 
 def test_feature_batches_are_reproducible_per_epoch() -> None:
@@ -108,7 +96,7 @@ def test_ema_weights_are_validated_and_survive_a_resume(model) -> None:
     from transferkit.training.loop import Trainer
 
     train = TrainParams(ema_decay=0.9, frozen_units=17, epochs=2)
-    trainer = Trainer(model, train, cut=17, device=torch.device("cpu"), steps_per_epoch=2)
+    trainer = Trainer(model, train, cut=17, compute=CPU, steps_per_epoch=2)
     features = torch.randn(4, 320, 2, 2)  # the input of unit 17 (head_conv)
     labels = torch.tensor([0, 1, 0, 1])
     for _ in range(3):
@@ -117,6 +105,6 @@ def test_ema_weights_are_validated_and_survive_a_resume(model) -> None:
     raw, ema = trainer.model.head[2].weight, trainer.evaluation_model.head[2].weight
     assert not torch.equal(raw, ema)  # the average lags behind the raw weights
 
-    resumed = Trainer(model, train, cut=17, device=torch.device("cpu"), steps_per_epoch=2)
+    resumed = Trainer(model, train, cut=17, compute=CPU, steps_per_epoch=2)
     resumed.load_state_dict(trainer.state_dict())
     assert torch.equal(resumed.evaluation_model.head[2].weight, ema)

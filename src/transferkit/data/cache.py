@@ -35,6 +35,13 @@ def manifest_hash(rows: list[dict[str, Any]]) -> str:
     return digest.hexdigest()[:16]
 
 
+def images_hash(images: np.ndarray) -> str:
+    """Content hash of the decoded, resized pixels (shape included)."""
+    digest = hashlib.sha256(str(images.shape).encode())
+    digest.update(np.ascontiguousarray(images).data)
+    return digest.hexdigest()[:16]
+
+
 def write_prepared(root: Path, images: np.ndarray, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """Write images, manifest and meta; each file atomically, meta last (it marks completion)."""
     root.mkdir(parents=True, exist_ok=True)
@@ -79,6 +86,13 @@ class PreparedData:
     @property
     def data_hash(self) -> str:
         return str(self.meta["data_hash"])
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of what the prepared images are: pixels (so size, resize and decoding code), labels, splits."""
+        if "images_sha256" not in self.meta:
+            raise DataError(f"{self.root} was prepared by an older transferkit; rerun the prepare stage (dvc repro)")
+        return hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode()).hexdigest()[:16]
 
     def indices(self, split: str) -> np.ndarray:
         return np.array([int(r["index"]) for r in self.rows if r["split"] == split], dtype=np.int64)

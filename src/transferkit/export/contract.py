@@ -1,7 +1,8 @@
 """The exported model's contract: tensor names and the metadata every consumer reads.
 
-Separate from the exporter so that readers (the server, ``transferkit predict``) need onnx but
-not torch.
+The one place that says which keys an export writes, which a server needs, and which count as
+lineage; the exporter, the server, ``transferkit predict`` and the registry all import them from
+here. Separate from the exporter so that readers need onnx but not torch.
 """
 
 from __future__ import annotations
@@ -12,9 +13,55 @@ from typing import Any
 
 import onnx
 
+from transferkit import __version__
+
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "probabilities")
 METADATA_PREFIX = "transferkit."
+INPUT_CONTRACT = {"name": INPUT_NAME, "dtype": "uint8", "layout": "NCHW", "channels": "RGB", "range": [0, 255]}
+# Whatever the weights' precision, the graph takes uint8 images and returns fp32 tensors.
+OUTPUT_DTYPE = "float32"
+
+# What a server cannot run the model without.
+REQUIRED_METADATA = ("class_names", "image_size", "resize")
+# Where the model came from and how good it was: shown by the server's /v1/model.
+LINEAGE_KEYS = (
+    "architecture",
+    "weights",
+    "strategy",
+    "source",
+    "precision",
+    "params_hash",
+    "data_hash",
+    "test_metrics",
+)
+HEADLINE_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "roc_auc", "ece", "count")
+
+
+def model_metadata(checkpoint_meta: dict[str, Any], metrics: dict[str, Any], precision: str) -> dict[str, Any]:
+    """Everything an export writes into ``metadata_props``, from the checkpoint and its test metrics."""
+    return {
+        "class_names": checkpoint_meta["class_names"],
+        "image_size": checkpoint_meta["image_size"],
+        "resize": checkpoint_meta["resize"],
+        "input": INPUT_CONTRACT,
+        "outputs": list(OUTPUT_NAMES),
+        "output_dtype": OUTPUT_DTYPE,
+        "precision": precision,
+        "architecture": checkpoint_meta["architecture"],
+        "weights": checkpoint_meta["weights"],
+        "strategy": checkpoint_meta["strategy"],
+        "source": checkpoint_meta["source"],
+        "params_hash": checkpoint_meta["params_hash"],
+        "data_hash": checkpoint_meta["data_hash"],
+        "test_metrics": {key: metrics[key] for key in HEADLINE_METRICS},
+        "transferkit_version": __version__,
+    }
+
+
+def lineage(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The lineage subset of a model's metadata (keys an older export lacks are left out)."""
+    return {key: metadata[key] for key in LINEAGE_KEYS if key in metadata}
 
 
 def read_metadata(proto_or_path: onnx.ModelProto | str | Path) -> dict[str, Any]:

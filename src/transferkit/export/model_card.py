@@ -31,6 +31,7 @@ Everything here is also in the model's `metadata_props` (keys `transferkit.*`).
 
 ## Training
 - Backbone: {metadata["architecture"]} with {metadata["weights"]} weights; strategy `{metadata["strategy"]}`.
+- Exported precision: {metadata["precision"]} (input uint8, outputs {metadata["output_dtype"]}).
 - Params hash `{metadata["params_hash"]}`, data hash `{metadata["data_hash"]}`.
 - Data: {data_note}
 
@@ -53,8 +54,8 @@ Everything here is also in the model's `metadata_props` (keys `transferkit.*`).
 {slices}
 
 ## Verification
-ONNX Runtime vs PyTorch on the test images: max |logit diff| {parity["max_abs_diff"]:.2e}
-(tolerance {parity["tolerance"]:.0e}), argmax agreement {parity["argmax_agreement"]:.4f},
+ONNX Runtime ({metadata["precision"]} weights and compute) vs fp32 PyTorch on the test images:
+max |logit diff| {parity["max_abs_diff"]:.2e} (tolerance {parity["tolerance"]:.0e}), argmax agreement {parity["argmax_agreement"]:.4f},
 accuracy {parity["onnx_accuracy"]:.4f} (ONNX) vs {parity["torch_accuracy"]:.4f} (PyTorch).
 
 ## Limits

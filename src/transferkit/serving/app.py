@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from transferkit import __version__
 from transferkit.errors import DataError, ModelError
+from transferkit.export.contract import INPUT_CONTRACT, INPUT_NAME, OUTPUT_NAMES, lineage
 from transferkit.serving.batcher import Overloaded
 from transferkit.serving.metrics import RequestMetricsMiddleware
 from transferkit.serving.model_source import ServedModel
@@ -34,7 +35,6 @@ from transferkit.serving.state import ServerState
 log = logging.getLogger("transferkit.serving")
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
-LINEAGE_KEYS = ("architecture", "weights", "strategy", "source", "params_hash", "data_hash", "test_metrics")
 
 
 class Prediction(BaseModel):
@@ -137,13 +137,13 @@ def _model_info(state: ServerState, model: ServedModel) -> dict[str, Any]:
         "version": model.version,
         "classes": classifier.class_names,
         "input": {
-            **metadata.get("input", {}),
+            **INPUT_CONTRACT,
             "shape": [-1, *classifier.input_shape],
             "image_size": classifier.image_size,
             "resize": classifier.resize,
         },
-        "outputs": list(metadata.get("outputs", [])),
-        "lineage": {**{key: metadata[key] for key in LINEAGE_KEYS if key in metadata}, **model.lineage},
+        "outputs": list(OUTPUT_NAMES),
+        "lineage": {**lineage(metadata), **model.lineage},
         "sha256": classifier.sha256,
         "source": state.source.describe(),
         "providers": classifier.providers,
@@ -157,8 +157,8 @@ def _v2_metadata(state: ServerState, model: ServedModel) -> dict[str, Any]:
         "name": state.name,
         "versions": [model.version],
         "platform": "onnxruntime_onnx",
-        "inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, *model.classifier.input_shape]}],
-        "outputs": [{"name": name, "datatype": "FP32", "shape": [-1, classes]} for name in ("logits", "probabilities")],
+        "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, *model.classifier.input_shape]}],
+        "outputs": [{"name": name, "datatype": "FP32", "shape": [-1, classes]} for name in OUTPUT_NAMES],
     }
 
 
@@ -330,7 +330,7 @@ def _add_v2_routes(app: FastAPI) -> None:
             )
             logits, probabilities = await state.infer(model, images)
             payload, header_length = infer_response(
-                infer_request, state.name, model.version, {"logits": logits, "probabilities": probabilities}
+                infer_request, state.name, model.version, dict(zip(OUTPUT_NAMES, (logits, probabilities), strict=True))
             )
             if header_length is None:
                 return Response(payload, media_type="application/json")

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from transferkit.errors import ModelError
+from transferkit.onnx_runtime import CPU, CudaOptions, providers_for
 from transferkit.registry import Registry
-from transferkit.serving.onnx_model import OnnxClassifier, providers_for
+from transferkit.serving.onnx_model import OnnxClassifier
 from transferkit.serving.settings import ServeSettings
 
 
@@ -88,7 +89,7 @@ def inference_parallelism(settings: ServeSettings) -> tuple[int, int]:
     thread, and here some thread is always interrupted (measured in docs/benchmarks.md). A GPU
     takes one call at a time.
     """
-    on_gpu = providers_for(settings.device, settings.tensorrt)[0] != "CPUExecutionProvider"
+    on_gpu = providers_for(settings.device, settings.tensorrt)[0] != CPU
     workers = settings.inference_workers or (1 if on_gpu else os.cpu_count() or 1)
     threads = settings.threads or (0 if on_gpu or workers == 1 else 1)
     return workers, threads
@@ -99,7 +100,15 @@ def load_model(source: Source, settings: ServeSettings) -> ServedModel:
     fingerprint = source.fingerprint()
     path, version, lineage = source.resolve(fingerprint)
     _, threads = inference_parallelism(settings)
-    classifier = OnnxClassifier(path, settings.device, threads, settings.tensorrt)
+    classifier = OnnxClassifier(
+        path,
+        settings.device,
+        threads,
+        settings.tensorrt,
+        io_binding={"auto": None, "on": True, "off": False}[settings.io_binding],
+        cuda=CudaOptions(settings.cudnn_conv_algo_search, settings.gpu_mem_limit_mb),
+        cpu_arena=settings.cpu_arena,
+    )
     classifier.warm_up()
     return ServedModel(
         classifier=classifier,

@@ -1,68 +1,25 @@
 """An exported model in ONNX Runtime, configured entirely from its own metadata.
 
 Execution providers follow the device setting; when CUDA (or TensorRT) was asked for and the
-session came up without it, this fails instead of silently running on the CPU. On a GPU the
-session runs through IO binding, so the outputs are allocated once on the device and copied
-back in one transfer instead of ONNX Runtime's per-call staging.
+session came up without it, this fails, naming the missing library, instead of silently running
+on the CPU. On a GPU the session runs through IO binding, so the outputs are allocated once on
+the device and copied back in one transfer instead of ONNX Runtime's per-call staging; the same
+binding code runs on the CPU device when asked, which is how CI covers it.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import hashlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from transferkit.errors import ModelError
-from transferkit.export.contract import INPUT_NAME, OUTPUT_NAMES, read_metadata
+from transferkit.export.contract import INPUT_NAME, OUTPUT_NAMES, REQUIRED_METADATA, read_metadata
+from transferkit.onnx_runtime import CPU, CUDA, CudaOptions, create_session, cuda_unavailable_message, providers_for
 from transferkit.preprocessing import load_for_model
-
-REQUIRED_METADATA = ("class_names", "image_size", "resize")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-@functools.cache
-def cuda_driver_present() -> bool:
-    """Whether the NVIDIA driver library loads (the CUDA provider cannot start without it)."""
-    try:
-        ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
-    except OSError:
-        return False
-    return True
-
-
-def providers_for(device: str, tensorrt: bool = False) -> list[str]:
-    """Execution providers for ``device``; a GPU provider that was asked for must exist."""
-    if device not in DEVICES:
-        raise ModelError(f"device {device!r} is not one of {', '.join(DEVICES)}")
-    # onnxruntime-gpu lists CUDA even where no driver exists; "auto" must not try it there.
-    available = [p for p in ort.get_available_providers() if p == "CPUExecutionProvider" or cuda_driver_present()]
-    if device == "cpu":
-        if tensorrt:
-            raise ModelError("TensorRT needs a GPU; drop --tensorrt or use --device cuda")
-        return ["CPUExecutionProvider"]
-    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if tensorrt:
-        if "TensorrtExecutionProvider" not in available:
-            raise ModelError("TensorRT requested but onnxruntime has no TensorRT provider here; drop --tensorrt")
-        wanted.insert(0, "TensorrtExecutionProvider")
-    if device == "cuda" and "CUDAExecutionProvider" not in available:
-        raise ModelError("device 'cuda' requested but onnxruntime has no CUDA provider here; use --device cpu")
-    return [p for p in wanted if p in available]
-
-
-def create_session(model: bytes, providers: list[str], threads: int = 0) -> ort.InferenceSession:
-    """An ONNX Runtime session with ``threads`` intra-op threads (0 = ORT's choice), quiet logging."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=providers)
 
 
 @dataclass
@@ -74,7 +31,18 @@ class Prediction:
 class OnnxClassifier:
     """A checked, exported transferkit model: the ONNX checker and the metadata contract pass."""
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int = 0, tensorrt: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "auto",
+        threads: int = 0,
+        tensorrt: bool = False,
+        *,
+        io_binding: bool | None = None,
+        cuda: CudaOptions | None = None,
+        cpu_arena: bool = True,
+    ) -> None:
+        """``io_binding`` None binds on a GPU only; True binds on the CPU too (the CPU twin in tests)."""
         import onnx
 
         path = Path(path)
@@ -92,13 +60,12 @@ class OnnxClassifier:
         missing = [key for key in REQUIRED_METADATA if key not in self.metadata]
         if missing:
             raise ModelError(f"{path} lacks transferkit metadata {missing}; export it with `transferkit export`")
-        if device == "cuda":
-            ort.preload_dlls()
-        self.session = create_session(model_bytes, providers_for(device, tensorrt), threads)
+        self.session = create_session(model_bytes, providers_for(device, tensorrt), threads, cuda, cpu_arena)
         self.providers: list[str] = self.session.get_providers()
-        if device == "cuda" and "CUDAExecutionProvider" not in self.providers:
-            raise ModelError(f"CUDA was requested but the session runs on {self.providers}")
-        self.on_gpu = self.providers[0] != "CPUExecutionProvider"
+        if device == "cuda" and CUDA not in self.providers:
+            raise ModelError(cuda_unavailable_message(self.providers))
+        self.on_gpu = self.providers[0] != CPU
+        self.io_binding = self.on_gpu if io_binding is None else io_binding
         self.class_names: list[str] = list(self.metadata["class_names"])
         self.image_size = int(self.metadata["image_size"])
         self.resize = str(self.metadata["resize"])
@@ -110,13 +77,14 @@ class OnnxClassifier:
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logits, probabilities) for uint8 NCHW images at the model's resolution."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
-        if not self.on_gpu:
+        if not self.io_binding:
             logits, probabilities = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
             return logits, probabilities
+        # Outputs are allocated on the session's device and copied back in one transfer.
         binding = self.session.io_binding()
         binding.bind_cpu_input(INPUT_NAME, images)
         for name in OUTPUT_NAMES:
-            binding.bind_output(name, "cuda")
+            binding.bind_output(name, "cuda" if self.on_gpu else "cpu")
         self.session.run_with_iobinding(binding)
         logits, probabilities = binding.copy_outputs_to_cpu()
         return logits, probabilities

@@ -1,4 +1,4 @@
-"""What every stage shares: the entry point that turns errors into messages, and the device."""
+"""What every stage shares: the entry point that turns errors into messages, and the thread count."""
 
 from __future__ import annotations
 
@@ -11,18 +11,10 @@ from typing import Any
 import torch
 
 from transferkit.config import Params, load_params
-from transferkit.errors import ConfigError, TransferkitError
+from transferkit.errors import TransferkitError
 from transferkit.reporting import console, report_error
 
-__all__ = ["configure_threads", "console", "main", "resolve_device", "run_stage"]
-
-
-def resolve_device(setting: str) -> torch.device:
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
+__all__ = ["configure_threads", "console", "main", "run_stage"]
 
 
 def configure_threads(threads: int) -> int:

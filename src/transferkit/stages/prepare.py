@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from transferkit.config import Params
-from transferkit.data.cache import manifest_hash, write_prepared
+from transferkit.data.cache import images_hash, manifest_hash, write_prepared
 from transferkit.data.sources import Sample, list_samples
 from transferkit.data.split import SPLITS, assign_splits
 from transferkit.errors import DataError
@@ -88,6 +88,7 @@ def run(params: Params) -> dict[str, Any]:
         "channels": images.shape[-1],
         "count": len(rows),
         "data_hash": manifest_hash(rows),
+        "images_sha256": images_hash(images),
     }
     write_prepared(Path(params.paths.prepared), images, rows, meta)
     report = {

@@ -8,6 +8,7 @@ same params and data.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,21 +23,22 @@ from transferkit.config import Params
 from transferkit.data.cache import PreparedData
 from transferkit.evaluation.plots import training_curves_figure
 from transferkit.models.classifier import ImageClassifier, build_classifier
-from transferkit.stages.common import configure_threads, console, main, resolve_device
+from transferkit.stages.common import configure_threads, console, main
 from transferkit.training.batches import FeatureBatches, ImageBatches
-from transferkit.training.checkpoint import load_checkpoint, save_checkpoint
+from transferkit.training.checkpoint import MODEL, load_checkpoint, save_checkpoint
+from transferkit.training.compute import Compute
 from transferkit.training.feature_cache import (
     VIEW_SETS,
-    cache_key,
-    cached_features,
+    FeatureCache,
     compute_features,
     onnx_trunk,
     torch_trunk,
+    trunk_onnx,
 )
 from transferkit.training.loop import Batches, Trainer, class_weights
 from transferkit.training.strategies import cut_index
 
-LAST, BEST, MODEL = "last.pt", "best.pt", "model.pt"
+LAST, BEST = "last.pt", "best.pt"
 
 
 def training_indices(prepared: PreparedData, fraction: float, seed: int) -> np.ndarray:
@@ -66,14 +68,14 @@ def checkpoint_meta(params: Params, prepared: PreparedData, model: ImageClassifi
     }
 
 
-def _use_feature_cache(params: Params, device: torch.device, cut: int) -> bool:
+def _use_feature_cache(params: Params, compute: Compute, cut: int) -> bool:
     if cut == 0 or params.train.feature_cache == "off":
         return False
-    return params.train.feature_cache == "on" or device.type == "cpu"
+    return params.train.feature_cache == "on" or compute.device.type == "cpu"
 
 
 def build_batches(
-    params: Params, prepared: PreparedData, model: ImageClassifier, cut: int, device: torch.device, threads: int
+    params: Params, prepared: PreparedData, model: ImageClassifier, cut: int, compute: Compute, threads: int
 ) -> tuple[Batches, Batches]:
     train_idx = training_indices(prepared, params.train.fraction, params.train.seed)
     val_idx = prepared.indices("val")
@@ -81,28 +83,29 @@ def build_batches(
     val_labels = torch.from_numpy(prepared.labels(val_idx))
     model.eval()
     batch, seed = params.train.batch_size, params.train.seed
-    if not _use_feature_cache(params, device, cut):
-        trunk = torch_trunk(model, cut, device)
+    if not _use_feature_cache(params, compute, cut):
+        trunk = torch_trunk(model, cut, compute)
         return (
             ImageBatches(prepared.images_chw(train_idx), train_labels, batch, seed, trunk, params.train.augment),
             ImageBatches(prepared.images_chw(val_idx), val_labels, batch, seed, trunk),
         )
-    if device.type == "cpu":
-        trunk = onnx_trunk(model, cut, prepared.image_size, threads)
-    else:
-        trunk = torch_trunk(model, cut, device)
-    cache_dir = Path(params.paths.feature_cache)
-    identity = {
-        "architecture": params.model.architecture,
-        "weights": params.model.weights,
-        "cut": cut,
-        "data_hash": prepared.data_hash,
-    }
+    graph = trunk_onnx(model, cut, prepared.image_size)
+    on_cpu = compute.device.type == "cpu"
+    trunk = onnx_trunk(graph, threads) if on_cpu else torch_trunk(model, cut, compute)
+    cache = FeatureCache.open(
+        params.paths.feature_cache,
+        prepared,
+        hashlib.sha256(graph).hexdigest(),
+        architecture=params.model.architecture,
+        weights=params.model.weights,
+        cut=cut,
+        runtime="onnxruntime-cpu" if on_cpu else f"torch-{compute.device.type}-{compute.precision}",
+    )
 
     def features(indices: np.ndarray, views: tuple[int, ...], name: str) -> torch.Tensor:
-        key = cache_key(**identity, indices=indices.tolist(), views=views)
-        return cached_features(
-            cache_dir, key, lambda: compute_features(trunk, prepared.images_chw(indices), views, 64, f"cache {name}")
+        images = prepared.images_chw
+        return cache.features(
+            indices, views, lambda: compute_features(trunk, images(indices), views, 64, f"cache {name}")
         )
 
     views = VIEW_SETS[params.train.cache_views]
@@ -129,17 +132,17 @@ def _resume(trainer: Trainer, model: ImageClassifier, last: Path, fingerprint: s
 def run(params: Params) -> dict[str, Any]:
     started = time.perf_counter()
     threads = configure_threads(params.train.num_threads)
-    device = resolve_device(params.train.device)
+    compute = Compute.from_params(params.train)
     prepared = PreparedData.load(params.paths.prepared)
     torch.manual_seed(params.train.seed)
     model = build_classifier(
         params.model.architecture, params.model.weights, len(prepared.class_names), params.model.dropout
     )
     cut = cut_index(params.train, model.num_units)
-    train_batches, val_batches = build_batches(params, prepared, model, cut, device, threads)
+    train_batches, val_batches = build_batches(params, prepared, model, cut, compute, threads)
     weights = class_weights(train_batches.labels.numpy(), len(prepared.class_names), params.train.class_weighting)
     steps = -(-len(train_batches) // params.train.batch_size)
-    trainer = Trainer(model, params.train, cut, device, steps, weights)
+    trainer = Trainer(model, params.train, cut, compute, steps, weights)
 
     meta = checkpoint_meta(params, prepared, model, cut)
     meta["fingerprint"] = meta["params_hash"] + meta["data_hash"]
@@ -173,7 +176,7 @@ def run(params: Params) -> dict[str, Any]:
             "train_images": len(train_batches),
             "train_seconds": round(time.perf_counter() - started, 1),
             "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 1),
-            "device": device.type,
+            **compute.describe(),
             "feature_cache": isinstance(train_batches, FeatureBatches),
         }
         live.summary = {key: value for key, value in summary.items() if not isinstance(value, str)}

@@ -17,6 +17,7 @@ from transferkit.io import atomic_write
 from transferkit.models.classifier import ImageClassifier, build_classifier
 
 FORMAT_VERSION = 1
+MODEL = "model.pt"  # the trained model in paths.train: what evaluate and export read
 
 
 def save_checkpoint(path: str | Path, model: ImageClassifier, meta: dict[str, Any], **extra: Any) -> None:

@@ -6,14 +6,17 @@ run once, and every epoch draws one cached view per sample. Solar-cell images ha
 orientation, so these views are label-preserving.
 
 On the CPU the frozen part runs through ONNX Runtime (4-5x faster than PyTorch eager here, see
-docs/benchmarks.md); on CUDA it runs in PyTorch with bf16 autocast.
+docs/benchmarks.md); on CUDA it runs in PyTorch at the training precision. Cached activations
+are keyed by content (the trunk's graph, the prepared images), never by names alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +24,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from transferkit.data.cache import PreparedData
 from transferkit.export.onnx_export import INPUT_NAME, trace_to_onnx
-from transferkit.io import atomic_write
+from transferkit.io import atomic_write, read_json, write_json
 from transferkit.models.classifier import ImageClassifier
-from transferkit.serving.onnx_model import create_session
+from transferkit.onnx_runtime import CPU, create_session
+from transferkit.training.compute import Compute
 
 # (quarter turns, horizontal flip) for the 8 symmetries of the square; 1/2/4 views take prefixes
 # chosen so that 2 = identity + flip and 4 = the four rotations.
@@ -32,6 +37,7 @@ D4_VIEWS = ((0, False), (0, True), (1, False), (2, False), (3, False), (1, True)
 VIEW_SETS = {1: (0,), 2: (0, 1), 4: (0, 2, 3, 4), 8: tuple(range(8))}
 
 TrunkFn = Callable[[torch.Tensor], torch.Tensor]
+GROUP_FILE = "group.json"
 
 
 def apply_view(images: torch.Tensor, view: int) -> torch.Tensor:
@@ -49,23 +55,30 @@ class _Trunk(nn.Module):
         return self.model.trunk(images, self.cut)
 
 
-def torch_trunk(model: ImageClassifier, cut: int, device: torch.device) -> TrunkFn:
-    """The frozen units in PyTorch (used on CUDA, and as the reference in tests)."""
+def trunk_onnx(model: ImageClassifier, cut: int, image_size: int) -> bytes:
+    """The frozen units as a serialized ONNX graph: what the CPU path runs, and the trunk's identity.
+
+    Its bytes are deterministic for the same code, weights and input size (checked in tests), so
+    their hash changes whenever anything that shapes the features does, even behind the same names.
+    """
+    return trace_to_onnx(_Trunk(model, cut).cpu().eval(), image_size, ["features"], opset=17).SerializeToString()
+
+
+def torch_trunk(model: ImageClassifier, cut: int, compute: Compute) -> TrunkFn:
+    """The frozen units in PyTorch (CUDA, the end-to-end path, and the reference in tests)."""
     trunk = _Trunk(model, cut).eval()
 
     @torch.no_grad()  # not inference_mode: the outputs feed layers that are trained
     def run(images: torch.Tensor) -> torch.Tensor:
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            return trunk(images).float()
+        with compute.autocast():
+            return trunk(compute.to_device(images)).float()
 
     return run
 
 
-def onnx_trunk(model: ImageClassifier, cut: int, image_size: int, threads: int) -> TrunkFn:
-    """The frozen units exported to ONNX and run by ONNX Runtime on the CPU."""
-    proto = trace_to_onnx(_Trunk(model, cut).cpu().eval(), image_size, ["features"], opset=17)
-    session = create_session(proto.SerializeToString(), ["CPUExecutionProvider"], threads)
+def onnx_trunk(graph: bytes, threads: int) -> TrunkFn:
+    """The frozen units (``trunk_onnx``) run by ONNX Runtime on the CPU."""
+    session = create_session(graph, [CPU], threads)
 
     def run(images: torch.Tensor) -> torch.Tensor:
         (features,) = session.run(None, {INPUT_NAME: images.cpu().contiguous().numpy()})
@@ -88,19 +101,64 @@ def compute_features(
     return torch.stack([torch.cat(chunks) for chunks in per_view])
 
 
-def cache_key(**parts: object) -> str:
+def content_key(**parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def cached_features(cache_dir: Path, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """Load features for ``key`` from ``cache_dir`` or compute and store them (atomically).
+@dataclass(frozen=True)
+class FeatureCache:
+    """Activations of one trunk on one prepared dataset: ``<root>/<group>/<entry>.npy``.
 
-    Resumed or repeated runs (a killed training, a study grid) then skip the trunk pass.
+    ``slot`` names what a run asks for (prepared folder, architecture, weights, cut, runtime);
+    ``group`` adds the content behind those names (the trunk graph's hash, the prepared data's
+    content hash). When the content behind a slot changes, the slot's older groups can never be
+    asked for again and are pruned; so are groups whose prepared folder is gone.
     """
-    file = cache_dir / f"{key}.npy"
-    if file.is_file():
-        return torch.from_numpy(np.load(file))
-    features = compute()
-    with atomic_write(file) as handle:
-        np.save(handle, features.numpy())
-    return features
+
+    root: Path
+    slot: str
+    group: str
+    prepared: str
+
+    @classmethod
+    def open(cls, root: str | Path, prepared: PreparedData, trunk_sha256: str, **names: object) -> FeatureCache:
+        prepared_root = str(Path(prepared.root).resolve())
+        slot = content_key(prepared=prepared_root, **names)
+        group = content_key(slot=slot, trunk=trunk_sha256, data=prepared.content_hash)
+        cache = cls(Path(root), slot, group, prepared_root)
+        cache.prune()
+        write_json(cache.directory / GROUP_FILE, {"slot": slot, "prepared": prepared_root, **names})
+        return cache
+
+    @property
+    def directory(self) -> Path:
+        return self.root / self.group
+
+    def prune(self) -> list[Path]:
+        """Delete what no key can reach any more; returns what was deleted."""
+        pruned = []
+        for entry in sorted(self.root.iterdir()) if self.root.is_dir() else []:
+            if entry.name == self.group:
+                continue
+            record = entry / GROUP_FILE
+            info = read_json(record) if record.is_file() else {}
+            unreachable = not info or info["slot"] == self.slot or not Path(info["prepared"]).is_dir()
+            if unreachable:  # entries of the old flat layout have no record and are unreachable too
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                pruned.append(entry)
+        return pruned
+
+    def features(
+        self, indices: np.ndarray, views: tuple[int, ...], compute: Callable[[], torch.Tensor]
+    ) -> torch.Tensor:
+        """Load the activations of ``indices`` x ``views`` or compute and store them (atomically).
+
+        Resumed or repeated runs (a killed training, a study grid) then skip the trunk pass.
+        """
+        file = self.directory / f"{content_key(indices=indices.tolist(), views=views)}.npy"
+        if file.is_file():
+            return torch.from_numpy(np.load(file))
+        features = compute()
+        with atomic_write(file) as handle:
+            np.save(handle, features.numpy())
+        return features

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from transferkit.config import TrainParams
 from transferkit.models.classifier import ImageClassifier
+from transferkit.training.compute import Compute
 from transferkit.training.strategies import lowest_trainable, param_groups, set_trainable
 
 
@@ -76,7 +77,7 @@ class Trainer:
     model: ImageClassifier
     params: TrainParams
     cut: int
-    device: torch.device
+    compute: Compute
     steps_per_epoch: int
     weights: torch.Tensor | None = None
     history: list[EpochRecord] = field(default_factory=list)
@@ -84,13 +85,11 @@ class Trainer:
     best_epoch: int = -1
 
     def __post_init__(self) -> None:
-        self.model.to(self.device)
-        if self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
+        self.compute.place_model(self.model)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, self.params, self.cut))
         total = self.params.epochs * self.steps_per_epoch
         self.scheduler = build_scheduler(self.optimizer, self.params.warmup_epochs * self.steps_per_epoch, total)
-        weight = self.weights.to(self.device) if self.weights is not None else None
+        weight = self.weights.to(self.compute.device) if self.weights is not None else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=self.params.label_smoothing)
         # An exponential moving average of the weights (BatchNorm statistics included) is what gets
         # validated and kept: on small datasets it smooths the epoch-to-epoch swings of the raw weights.
@@ -134,17 +133,10 @@ class Trainer:
         return self.next_epoch - 1 - self.best_epoch >= self.params.early_stopping_patience
 
     # --- one epoch -------------------------------------------------------------------------
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and self.device.type == "cuda" else x
-
     def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimiser step on a batch that starts at unit ``cut``; returns the batch loss."""
-        inputs, labels = self._to_device(inputs), labels.to(self.device)
-        with self._autocast():
+        inputs, labels = self.compute.to_device(inputs), labels.to(self.compute.device)
+        with self.compute.autocast():
             loss = self.criterion(self.model.forward_top(inputs, self.cut).float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -193,8 +185,8 @@ class Trainer:
         model = self.evaluation_model.eval()
         logits, labels = [], []
         for inputs, target in batches.batches(0, shuffle=False):
-            with self._autocast():
-                logits.append(model.forward_top(self._to_device(inputs), self.cut).float().cpu())
+            with self.compute.autocast():
+                logits.append(model.forward_top(self.compute.to_device(inputs), self.cut).float().cpu())
             labels.append(target)
         return torch.cat(logits), torch.cat(labels)
 

@@ -1,0 +1,104 @@
+"""The feature cache is keyed by content: new pixels or a new trunk recompute, dead groups are pruned."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from transferkit.data.cache import PreparedData, images_hash
+from transferkit.models.classifier import build_classifier
+from transferkit.training.compute import Compute
+from transferkit.training.feature_cache import VIEW_SETS, FeatureCache, compute_features, torch_trunk, trunk_onnx
+
+CPU = Compute(torch.device("cpu"), "fp32", channels_last=False)
+NAMES = {"architecture": "efficientnet_lite0", "weights": "imagenet", "cut": 5, "runtime": "onnxruntime-cpu"}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_classifier("efficientnet_lite0", "imagenet", num_classes=2, dropout=0.2).eval()
+
+
+def prepared_at(root: Path, images: np.ndarray) -> PreparedData:
+    """Prepared data as the prepare stage describes it (meta only: the cache reads nothing else)."""
+    root.mkdir(parents=True, exist_ok=True)
+    size = images.shape[1]
+    meta = {"image_size": size, "resize": "bilinear", "data_hash": "d" * 16, "images_sha256": images_hash(images)}
+    return PreparedData(root=root, meta=meta, rows=[])
+
+
+def sha(graph: bytes) -> str:
+    return hashlib.sha256(graph).hexdigest()
+
+
+class Counter:
+    """Counts how often the trunk really ran."""
+
+    def __init__(self, model, images: torch.Tensor) -> None:
+        self.model, self.images, self.calls = model, images, 0
+
+    def __call__(self) -> torch.Tensor:
+        self.calls += 1
+        return compute_features(torch_trunk(self.model, 5, CPU), self.images, VIEW_SETS[2], 2, "test")
+
+
+def test_features_are_computed_once_per_content(tmp_path: Path, model) -> None:
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    prepared = prepared_at(tmp_path / "prepared", images.permute(0, 2, 3, 1).numpy())
+    graph = sha(trunk_onnx(model, 5, 32))
+    indices = np.arange(4)
+    counter = Counter(model, images)
+    first = FeatureCache.open(tmp_path / "cache", prepared, graph, **NAMES).features(indices, VIEW_SETS[2], counter)
+    again = FeatureCache.open(tmp_path / "cache", prepared, graph, **NAMES).features(indices, VIEW_SETS[2], counter)
+    assert counter.calls == 1 and first.shape[:2] == (2, 4) and first.dtype == torch.float16
+    assert torch.equal(first, again)
+
+
+def test_new_image_size_recomputes_and_prunes_the_old_group(tmp_path: Path, model) -> None:
+    """The same prepared folder re-made at another size: the old activations are never served again."""
+    small = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    large = torch.randint(0, 256, (4, 3, 48, 48), dtype=torch.uint8)
+    cache_root, prepared_root = tmp_path / "cache", tmp_path / "prepared"
+    indices = np.arange(4)
+    old = FeatureCache.open(cache_root, prepared_at(prepared_root, small.permute(0, 2, 3, 1).numpy()), "t", **NAMES)
+    old.features(indices, VIEW_SETS[2], Counter(model, small))
+    counter = Counter(model, large)
+    new = FeatureCache.open(cache_root, prepared_at(prepared_root, large.permute(0, 2, 3, 1).numpy()), "t", **NAMES)
+    features = new.features(indices, VIEW_SETS[2], counter)
+    assert counter.calls == 1 and features.shape[-1] == 48 // 8  # 48 px in, stride 8 at unit 5
+    assert new.group != old.group and not old.directory.exists()
+
+
+def test_changed_trunk_recomputes(tmp_path: Path, model) -> None:
+    """Same names, other weights behind them: the trunk graph's hash changes, and so does the key."""
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    prepared = prepared_at(tmp_path / "prepared", images.permute(0, 2, 3, 1).numpy())
+    before = trunk_onnx(model, 5, 32)
+    assert trunk_onnx(model, 5, 32) == before  # deterministic: an unchanged trunk keeps its key
+    changed = build_classifier("efficientnet_lite0", "imagenet", num_classes=2, dropout=0.2).eval()
+    with torch.no_grad():
+        next(changed.units[3].parameters()).mul_(1.01)
+    after = trunk_onnx(changed, 5, 32)
+    assert after != before
+    first = FeatureCache.open(tmp_path / "cache", prepared, sha(before), **NAMES)
+    second = FeatureCache.open(tmp_path / "cache", prepared, sha(after), **NAMES)
+    assert first.group != second.group
+
+
+def test_pruning_keeps_other_slots_and_drops_the_unreachable(tmp_path: Path) -> None:
+    images = np.zeros((2, 8, 8, 1), dtype=np.uint8)
+    cache_root = tmp_path / "cache"
+    linear = FeatureCache.open(cache_root, prepared_at(tmp_path / "a", images), "t", **{**NAMES, "cut": 18})
+    gone = FeatureCache.open(cache_root, prepared_at(tmp_path / "gone", images), "t", **NAMES)
+    (cache_root / "legacy-flat-entry.npy").write_bytes(b"old layout")
+    (tmp_path / "gone").rmdir()
+    current = FeatureCache.open(cache_root, prepared_at(tmp_path / "a", images), "t", **NAMES)
+    assert linear.directory.is_dir()  # another cut of the same data: still reachable (a study runs both)
+    assert not gone.directory.exists()  # its prepared folder no longer exists
+    assert not (cache_root / "legacy-flat-entry.npy").exists()
+    assert sorted(p.name for p in cache_root.iterdir()) == sorted([linear.group, current.group])

@@ -55,7 +55,8 @@ Everything here is also in the model's `metadata_props` (keys `transferkit.*`).
 
 ## Verification
 ONNX Runtime ({metadata["precision"]} weights and compute) vs fp32 PyTorch on the test images:
-max |logit diff| {parity["max_abs_diff"]:.2e} (tolerance {parity["tolerance"]:.0e}), argmax agreement {parity["argmax_agreement"]:.4f},
+max |logit diff| {parity["max_abs_diff"]:.2e} (tolerance {parity["tolerance"]:.0e}),
+argmax agreement {parity["argmax_agreement"]:.4f},
 accuracy {parity["onnx_accuracy"]:.4f} (ONNX) vs {parity["torch_accuracy"]:.4f} (PyTorch).
 
 ## Limits

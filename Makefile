@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: setup pipeline test lint bench clean-venv
+.PHONY: setup pipeline test lint bench gpu-check clean-venv
 
 setup: $(STAMP)
 
@@ -37,6 +37,14 @@ test: lint
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/serving.py
+
+# For the day a GPU exists: CUDA tests, the GPU recipe for a few epochs and the GPU benchmarks,
+# written to benchmarks/results/gpu.json. Without CUDA it says so in one line and exits 0. On the
+# device machine (no network) use its python with ../shared/tools/gpu-bundle.sh's wheels:
+# `make gpu-check GPU_PYTHON=python3`.
+GPU_PYTHON ?= $(BIN)/python
+gpu-check:
+	PYTHONPATH=src:$$PYTHONPATH $(GPU_PYTHON) benchmarks/gpu_check.py
 
 clean-venv:
 	rm -rf $(VENV)

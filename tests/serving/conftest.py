@@ -9,11 +9,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from transferkit.export.contract import HEADLINE_METRICS, model_metadata
 from transferkit.export.onnx_export import export_onnx
 from transferkit.models.classifier import build_classifier
 from transferkit.serving.app import create_app
 from transferkit.serving.settings import ADMIN_TOKEN_ENV, load_settings
-from transferkit.stages.export import HEADLINE_METRICS, model_metadata
 
 IMAGE_SIZE = 64
 CLASSES = ["functional", "defective"]
@@ -37,7 +37,7 @@ def export_model(path: Path, head_seed: int) -> Path:
     }
     metrics = dict.fromkeys(HEADLINE_METRICS, 0.5)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(export_onnx(model, IMAGE_SIZE, 17, model_metadata(meta, metrics)))
+    path.write_bytes(export_onnx(model, IMAGE_SIZE, 17, model_metadata(meta, metrics, "fp32")))
     return path
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transferkit.serving.onnx_model import OnnxClassifier, cuda_driver_present
+from transferkit.onnx_runtime import cuda_driver_present
+from transferkit.serving.onnx_model import OnnxClassifier
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_driver_present(), reason="needs the NVIDIA driver")]
 

@@ -21,9 +21,9 @@ import tritonclient.http as triton
 from tests.conftest import REPO, run_tool, tool_env
 from tests.serving.conftest import CLASSES, IMAGE_SIZE
 from transferkit.errors import TransferkitError
+from transferkit.onnx_runtime import cuda_driver_present
 from transferkit.preprocessing import load_for_model
 from transferkit.serving.client import ServingClient
-from transferkit.serving.onnx_model import cuda_driver_present
 
 TRANSFERKIT = [sys.executable, "-m", "transferkit.cli"]
 

@@ -39,8 +39,7 @@ from transferkit.serving.client import ServingClient
 
 TOKEN = "memory-benchmark"
 CONFIGS: dict[str, dict[str, str]] = {
-    "cpu arena on (old default)": {"TRANSFERKIT_SERVE_CPU_ARENA": "true"},
-    "cpu arena off": {"TRANSFERKIT_SERVE_CPU_ARENA": "false"},
+    f"cpu_arena={arena}": {"TRANSFERKIT_SERVE_CPU_ARENA": arena} for arena in ("private", "shared", "off")
 }
 
 

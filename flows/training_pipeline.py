@@ -3,16 +3,25 @@
 Thin on purpose: each task calls a function of `transferkit.orchestration`, and stages run as
 `dvc repro <stage>`, so DVC skips what has not changed and `dvc.lock` records what ran. Deterministic
 failures (invalid params, a failed gate) are never retried; I/O steps (data pull, promotion) are.
+
+Every run works in its own git worktree of the committed revision (`transferkit.run_workspace`):
+its overrides and the production baseline live in that worktree's params.yaml only, so the
+project's params.yaml, dvc.lock and outputs change only by a person's commit, and the registry
+only by a promotion. Runs may overlap; the promotion of one registry is serialized by a Prefect
+global concurrency limit and re-checks the candidate against the production of that moment.
 """
 
 from __future__ import annotations
 
+import contextlib
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 from prefect.tasks import exponential_backoff
 
 from flows.requests import ProjectRequest
@@ -20,6 +29,7 @@ from transferkit import orchestration
 from transferkit.config import Params, Strategy
 from transferkit.orchestration import STAGES, TransientError
 from transferkit.registry import Registry
+from transferkit.run_workspace import RunWorkspace, run_workspace
 
 
 class TrainingRequest(ProjectRequest):
@@ -49,8 +59,9 @@ IO_TASK = {
 
 
 @task(cache_policy=NO_CACHE)
-def validate_params(project: Path, params_file: str, overrides: dict[str, Any]) -> Params:
-    return orchestration.apply_overrides(project / params_file, overrides)
+def configure_run(workspace: RunWorkspace, params_file: str, overrides: dict[str, Any]) -> Params:
+    """The committed params plus this run's overrides, validated, in the run's worktree only."""
+    return workspace.apply(params_file, overrides)
 
 
 @task(**IO_TASK, cache_policy=NO_CACHE)
@@ -60,16 +71,39 @@ def sync_data(project: Path, data_path: str) -> str:
     return data_hash
 
 
+@task(**IO_TASK, cache_policy=NO_CACHE)
+def check_out_data(workspace: RunWorkspace, data_path: str) -> None:
+    workspace.link_data(data_path)
+
+
 @task(cache_policy=NO_CACHE)  # DVC is the cache: an unchanged stage is skipped by `dvc repro`
-def run_stage(project: Path, stage: str, params: Params) -> str:
-    log = orchestration.repro_stage(project, stage, params)
+def run_stage(workspace: RunWorkspace, stage: str, params: Params) -> str:
+    log = orchestration.repro_stage(workspace.path, stage, params)
     get_run_logger().info("%s", log.strip()[-2000:])
     return log
 
 
 @task(**IO_TASK, cache_policy=NO_CACHE)
-def promote(project: Path, params: Params, registry: Registry, data_hash: str) -> tuple[int, bool]:
-    return orchestration.promote_candidate(project, params, registry, data_hash)
+def promote(workspace: RunWorkspace, params: Params, registry: Registry, record: dict[str, Any]) -> tuple[int, bool]:
+    """Register and promote, one run per registry at a time, against the production of that moment."""
+    with registry_slot(registry):
+        return orchestration.promote_candidate(workspace.path, params, registry, record)
+
+
+def registry_slot(registry: Registry) -> AbstractContextManager[None]:
+    """A Prefect global concurrency limit of 1 per registry (created on first use)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    name = f"transferkit-registry-{registry.name}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another run created it first
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    return concurrency(name, occupy=1, strict=True)
 
 
 def notify_failure(flow, flow_run, state) -> None:
@@ -86,33 +120,51 @@ def notify_failure(flow, flow_run, state) -> None:
             get_run_logger().warning("failure webhook %s did not answer: %s", webhook, error)
 
 
-@flow(name="training_pipeline", on_failure=[notify_failure], log_prints=True)
-def training_pipeline(request: TrainingRequest = TrainingRequest()) -> dict[str, Any]:
-    project = Path(request.project_dir).resolve()
-    registry = Registry(project / request.registry_root, request.registry)
-    production = registry.production()
+def run_overrides(request: TrainingRequest) -> dict[str, Any]:
+    """What this run changes on top of the committed params (the baseline is added per run)."""
     overrides = dict(request.overrides)
     if request.strategy:
         overrides["train.strategy"] = request.strategy
     if request.data_path:
         overrides["data.path"] = request.data_path
-    # The gate compares the candidate with the model in production ("no worse than production").
-    baseline = registry.version_dir(production) / "metrics.json" if production is not None else None
-    overrides["gate.baseline_metrics"] = str(baseline.relative_to(project)) if baseline else None
+    return overrides
 
-    params = validate_params(project, request.params_file, overrides)
-    data_hash = sync_data(project, params.data.path)
-    for stage in STAGES:
-        run_stage(project, stage, params)
+
+@flow(name="training_pipeline", on_failure=[notify_failure], log_prints=True)
+def training_pipeline(request: TrainingRequest = TrainingRequest()) -> dict[str, Any]:
+    project = Path(request.project_dir).resolve()
+    registry = Registry(project / request.registry_root, request.registry)
+    overrides = run_overrides(request)
+    production = registry.production()
     production_metrics = registry.production_metrics()
-    version, is_new = promote(project, params, registry, data_hash)
+    # The gate compares the candidate with the model in production ("no worse than production"),
+    # passed to this run alone; promotion re-checks it if production moves meanwhile.
+    baseline = registry.version_dir(production) / "metrics.json" if production is not None else None
 
-    candidate = orchestration.read_json(project / params.paths.evaluate / "metrics.json")
-    confusion = project / params.paths.evaluate / "confusion_matrix.png"
+    with run_workspace(project) as workspace:
+        params = configure_run(
+            workspace, request.params_file, {**overrides, "gate.baseline_metrics": str(baseline) if baseline else None}
+        )
+        data_hash = sync_data(project, params.data.path)
+        check_out_data(workspace, params.data.path)
+        logs = [run_stage(workspace, stage, params) for stage in STAGES]
+        record = {"data_hash": data_hash, "git_commit": workspace.revision, "overrides": overrides}
+        version, is_new = promote(workspace, params, registry, record)
+        candidate = orchestration.read_json(workspace.path / params.paths.evaluate / "metrics.json")
+
     create_markdown_artifact(
         key="candidate-vs-production",
         markdown=orchestration.comparison_markdown(candidate, production_metrics, version)
-        + f"\n\nConfusion matrix: `{confusion}`\n\n"
+        + "\n\n"
+        + orchestration.run_record_markdown(record)
+        + "\n\n"
         + ("New production version." if is_new else "Unchanged model: production version kept."),
     )
-    return {"version": version, "new_version": is_new, "accuracy": candidate["accuracy"], "data_hash": data_hash}
+    return {
+        "version": version,
+        "new_version": is_new,
+        "accuracy": candidate["accuracy"],
+        "data_hash": data_hash,
+        "git_commit": workspace.revision,
+        "stages_run": orchestration.stages_run(logs),  # the others were restored from DVC's run cache
+    }

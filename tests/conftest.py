@@ -71,6 +71,15 @@ def elpv_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session")
+def harness():
+    """One real Prefect API server (test harness) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
 def tool_env() -> dict[str, str]:
     """The pipeline's subprocess environment, with unbuffered output for the logs."""
     return {**orchestration.tool_env(), "PYTHONUNBUFFERED": "1"}
@@ -91,14 +100,23 @@ def make_project(tmp_path: Path, elpv_subset: Path) -> Path:
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
     (root / ".dvc").mkdir()
-    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    for name in ("config", ".gitignore"):  # DVC's own ignores: .dvc/tmp (locks, run workspaces), cache
+        shutil.copy(REPO / ".dvc" / name, root / ".dvc" / name)
     shutil.copytree(elpv_subset, root / "data" / "raw" / "elpv")
     (root / "params.yaml").write_text(yaml.safe_dump(shrunk_raw(), sort_keys=False))
-    (root / ".gitignore").write_text("/data/raw/elpv\n")  # data belongs to DVC, as in the real repo
+    # the real repo's ignores (registry, feature cache, checkpoints); data belongs to DVC
+    (root / ".gitignore").write_text((REPO / ".gitignore").read_text() + "/data/raw/elpv\n")
     run_tool(["git", "init", "-q"], root)
     run_tool(["git", "add", "-A"], root)
     run_tool(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], root)
     return root
+
+
+def commit_tracked_data(root: Path) -> None:
+    """`dvc add` the raw data and commit the pointer, as the README tells a user to."""
+    run_tool(["dvc", "add", "data/raw/elpv"], root)
+    run_tool(["git", "add", "-A"], root)
+    run_tool(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "track data"], root)
 
 
 @pytest.fixture

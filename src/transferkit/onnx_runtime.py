@@ -25,6 +25,7 @@ from transferkit.errors import ModelError
 DEVICES = ("auto", "cpu", "cuda")
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 ConvAlgoSearch = Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"]
+CpuArena = Literal["shared", "private", "off"]
 
 # What the CUDA provider of onnxruntime-gpu 1.31 (CUDA 13, cuDNN 9) loads; the same list as
 # onnxruntime.preload_dlls() for that build, named here so a failure can say which one is missing.
@@ -102,12 +103,27 @@ def providers_for(device: str, tensorrt: bool = False) -> list[str]:
     return [p for p in wanted if p in available]
 
 
-def session_options(threads: int = 0, cpu_arena: bool = True) -> ort.SessionOptions:
-    """``threads`` intra-op threads (0 = ORT's choice), quiet logging, optional CPU memory arena."""
+@functools.cache
+def _register_shared_cpu_arena() -> None:
+    """One CPU arena for every session of this process, growing by what is asked for."""
+    memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(memory, ort.OrtArenaCfg({"arena_extend_strategy": 1}))  # kSameAsRequested
+
+
+def session_options(threads: int = 0, cpu_arena: CpuArena = "private") -> ort.SessionOptions:
+    """``threads`` intra-op threads (0 = ORT's choice), quiet logging, and the CPU memory arena.
+
+    ``private`` is ORT's default: each session keeps its own arena at its peak. ``shared`` puts
+    every session of the process on one arena, so a hot-reloaded model reuses the memory of the
+    one it replaces instead of adding its own peak. ``off`` allocates per call.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    options.enable_cpu_mem_arena = cpu_arena
+    options.enable_cpu_mem_arena = cpu_arena != "off"
+    if cpu_arena == "shared":
+        _register_shared_cpu_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
     return options
 
 
@@ -122,7 +138,7 @@ def create_session(
     providers: list[str],
     threads: int = 0,
     cuda: CudaOptions | None = None,
-    cpu_arena: bool = True,
+    cpu_arena: CpuArena = "private",
 ) -> ort.InferenceSession:
     """A session on ``providers`` (check ``get_providers()``: ORT drops a GPU provider that fails)."""
     if CUDA in providers:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from ruamel.yaml import YAML
 
 from transferkit.config import Params, load_params, set_dotted
 from transferkit.errors import DataError, GateFailed, TransferkitError
+from transferkit.evaluation.gate import RuleResult, check_gate
 from transferkit.io import atomic_write, read_json, sha256_file
 from transferkit.registry import METRICS, Registry
 
@@ -36,9 +38,12 @@ def tool_env() -> dict[str, str]:
 
 
 def run_dvc(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=project, env=tool_env(), capture_output=True, text=True
-    )
+    """DVC in ``project``; its stages import transferkit from ``project``'s own ``src`` when it has one,
+    so a run workspace executes the code it checked out, not the developer's working copy."""
+    env = tool_env()
+    if (project / "src" / "transferkit").is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project / "src"), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True, text=True)
 
 
 def apply_overrides(params_file: Path, overrides: dict[str, Any]) -> Params:
@@ -87,6 +92,8 @@ def sync_data(project: Path, data_path: str) -> str:
         if status is None or status.stdout.strip() not in ("", "{}"):
             added = run_dvc(project, "add", data_path)
             if added.returncode != 0:
+                if "unable to acquire lock" in added.stderr.lower():  # another run's DVC holds the project
+                    raise TransientError(f"`dvc add {data_path}` waits for another DVC process: {added.stderr.strip()}")
                 raise DataError(f"`dvc add {data_path}` failed: {added.stderr.strip()}")
     return str(YAML(typ="safe").load(pointer.read_text())["outs"][0]["md5"])
 
@@ -98,22 +105,21 @@ def repro_stage(project: Path, stage: str, params: Params) -> str:
     if result.returncode == 0:
         return log
     if stage == "gate" and (project / params.paths.gate_report).is_file():
-        report = read_json(project / params.paths.gate_report)
-        failed = [rule for rule in report["rules"] if not rule["passed"]]
-        if failed:
-            raise GateFailed(
-                "the candidate did not pass the gate; nothing was promoted:\n"
-                + "\n".join(
-                    f"  - {r['rule']}: {r['value']:.4f} (must be {r['comparison']} {r['threshold']:.4f})"
-                    for r in failed
-                )
-            )
+        failed = [RuleResult(**rule) for rule in read_json(project / params.paths.gate_report)["rules"]]
+        _raise_failed_rules("the candidate did not pass the gate; nothing was promoted", failed)
     raise TransferkitError(f"`dvc repro {stage}` failed:\n{log[-3000:]}")
 
 
-def git_commit(project: Path) -> str | None:
-    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True)
-    return result.stdout.strip() if result.returncode == 0 else None
+def stages_run(logs: list[str]) -> list[str]:
+    """The stages DVC really ran (not skipped or restored from its run cache), in order."""
+    ran = re.findall(r"Running stage '([^']+)'", "\n".join(logs))
+    return list(dict.fromkeys(ran))
+
+
+def _raise_failed_rules(headline: str, results: list[RuleResult]) -> None:
+    failed = [r for r in results if not r.passed]
+    if failed:
+        raise GateFailed(headline + ":\n" + "\n".join(f"  - {r.describe()}" for r in failed))
 
 
 def candidate_files(project: Path, params: Params) -> dict[str, Path]:
@@ -126,28 +132,47 @@ def candidate_files(project: Path, params: Params) -> dict[str, Path]:
     }
 
 
-def promote_candidate(project: Path, params: Params, registry: Registry, data_hash: str) -> tuple[int, bool]:
-    """Register the exported model and make it production; returns (version, is_new).
+def promote_candidate(run_dir: Path, params: Params, registry: Registry, record: dict[str, Any]) -> tuple[int, bool]:
+    """Register the exported model of ``run_dir`` and make it production; returns (version, is_new).
 
     A candidate byte-identical to production (a rerun with nothing changed) is not registered
-    again: the registry, like DVC, only records real changes.
+    again: the registry, like DVC, only records real changes. When production moved since the
+    run's gate compared against it (another run promoted meanwhile), the candidate must still be
+    no worse than the production of this moment. ``record`` (git commit, data hash, overrides)
+    goes into the lineage with the effective params.
     """
-    files = candidate_files(project, params)
+    files = candidate_files(run_dir, params)
     production = registry.production()
     if production is not None:
         current = registry.version_dir(production) / "model.onnx"
         if sha256_file(current) == sha256_file(files["model.onnx"]):
             return production, False
+        if params.gate.baseline_metrics != str(registry.version_dir(production) / METRICS):
+            results = check_gate(read_json(files[METRICS]), params.gate, registry.production_metrics())
+            moved = f"production moved to v{production} during this run and the candidate is worse than it"
+            _raise_failed_rules(moved, results)
     lineage = {
-        "git_commit": git_commit(project),
-        "data_hash": data_hash,
-        "dvc_lock_sha256": hashlib.sha256((project / "dvc.lock").read_bytes()).hexdigest(),
+        **record,
+        "dvc_lock_sha256": hashlib.sha256((run_dir / "dvc.lock").read_bytes()).hexdigest(),
         "model_sha256": sha256_file(files["model.onnx"]),
         "params": params.model_dump(mode="json"),
     }
     version = registry.register(files, lineage)
     registry.promote(version)
     return version, True
+
+
+def run_record_markdown(record: dict[str, Any]) -> str:
+    """What a run ran: the revision, the data version and its overrides of the committed params."""
+    overrides = "\n".join(f"| `{key}` | `{value!r}` |" for key, value in sorted(record["overrides"].items()))
+    return "\n".join(
+        [
+            f"Git revision `{record['git_commit']}`, data `{record['data_hash']}`.",
+            "",
+            "| override | value |" if overrides else "No overrides: the committed params.",
+            *(["|---|---|", overrides] if overrides else []),
+        ]
+    )
 
 
 def comparison_markdown(candidate: dict[str, Any], production: dict[str, Any] | None, version: int) -> str:

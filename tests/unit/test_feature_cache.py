@@ -94,11 +94,18 @@ def test_pruning_keeps_other_slots_and_drops_the_unreachable(tmp_path: Path) -> 
     images = np.zeros((2, 8, 8, 1), dtype=np.uint8)
     cache_root = tmp_path / "cache"
     linear = FeatureCache.open(cache_root, prepared_at(tmp_path / "a", images), "t", **{**NAMES, "cut": 18})
-    gone = FeatureCache.open(cache_root, prepared_at(tmp_path / "gone", images), "t", **NAMES)
+    other_data = FeatureCache.open(cache_root, prepared_at(tmp_path / "b", images + 1), "t", **NAMES)
     (cache_root / "legacy-flat-entry.npy").write_bytes(b"old layout")
-    (tmp_path / "gone").rmdir()
     current = FeatureCache.open(cache_root, prepared_at(tmp_path / "a", images), "t", **NAMES)
     assert linear.directory.is_dir()  # another cut of the same data: still reachable (a study runs both)
-    assert not gone.directory.exists()  # its prepared folder no longer exists
+    assert other_data.directory.is_dir()  # another prepared folder (a study task) keeps its own
     assert not (cache_root / "legacy-flat-entry.npy").exists()
-    assert sorted(p.name for p in cache_root.iterdir()) == sorted([linear.group, current.group])
+    assert {p.name for p in cache_root.iterdir()} == {linear.group, other_data.group, current.group}
+
+
+def test_workspaces_of_the_same_project_share_groups(tmp_path: Path) -> None:
+    """A flow run's worktree configures the same relative prepared path: same slot, same group."""
+    images = np.zeros((2, 8, 8, 1), dtype=np.uint8)
+    first = FeatureCache.open(tmp_path / "cache", prepared_at(tmp_path / "run1" / "data", images), "t", **NAMES)
+    second = FeatureCache.open(tmp_path / "cache", prepared_at(tmp_path / "run2" / "data", images), "t", **NAMES)
+    assert first.group == second.group and first.directory.is_dir()

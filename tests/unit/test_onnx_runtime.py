@@ -55,7 +55,7 @@ def test_cuda_provider_gets_heuristic_search_and_a_bounded_arena(session_calls: 
 def test_cuda_options_follow_the_server_settings(session_calls: list[dict]) -> None:
     settings = load_settings(model="m.onnx", cudnn_conv_algo_search="EXHAUSTIVE", gpu_mem_limit_mb=512)
     options = CudaOptions(settings.cudnn_conv_algo_search, settings.gpu_mem_limit_mb)
-    create_session(identity_model(), [CUDA, CPU], cuda=options, cpu_arena=False)
+    create_session(identity_model(), [CUDA, CPU], cuda=options, cpu_arena="off")
     (_, cuda_options), _ = session_calls[0]["providers"]
     assert cuda_options["cudnn_conv_algo_search"] == "EXHAUSTIVE"
     assert cuda_options["gpu_mem_limit"] == str(512 * 2**20)

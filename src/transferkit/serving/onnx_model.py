@@ -18,7 +18,15 @@ import numpy as np
 
 from transferkit.errors import ModelError
 from transferkit.export.contract import INPUT_NAME, OUTPUT_NAMES, REQUIRED_METADATA, read_metadata
-from transferkit.onnx_runtime import CPU, CUDA, CudaOptions, create_session, cuda_unavailable_message, providers_for
+from transferkit.onnx_runtime import (
+    CPU,
+    CUDA,
+    CpuArena,
+    CudaOptions,
+    create_session,
+    cuda_unavailable_message,
+    providers_for,
+)
 from transferkit.preprocessing import load_for_model
 
 
@@ -40,7 +48,7 @@ class OnnxClassifier:
         *,
         io_binding: bool | None = None,
         cuda: CudaOptions | None = None,
-        cpu_arena: bool = True,
+        cpu_arena: CpuArena = "private",
     ) -> None:
         """``io_binding`` None binds on a GPU only; True binds on the CPU too (the CPU twin in tests)."""
         import onnx

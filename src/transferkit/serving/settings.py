@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from transferkit.errors import ConfigError
-from transferkit.onnx_runtime import ConvAlgoSearch
+from transferkit.onnx_runtime import ConvAlgoSearch, CpuArena
 
 ENV_PREFIX = "TRANSFERKIT_SERVE_"
 ADMIN_TOKEN_ENV = "TRANSFERKIT_ADMIN_TOKEN"
@@ -33,7 +33,7 @@ class ServeSettings(BaseSettings):
     io_binding: Literal["auto", "on", "off"] = Field("auto", description="bind outputs on the device (auto: GPU only)")
     cudnn_conv_algo_search: ConvAlgoSearch = Field("HEURISTIC", description="CUDA: cuDNN algorithm search")
     gpu_mem_limit_mb: int = Field(0, ge=0, description="CUDA: arena limit in MiB (0: the device's memory)")
-    cpu_arena: bool = Field(True, description="ONNX Runtime's CPU memory arena (off: lower RSS between bursts)")
+    cpu_arena: CpuArena = Field("private", description="ONNX Runtime CPU arena: private per session | shared | off")
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per call (0: auto)")
     inference_workers: int = Field(0, ge=0, description="concurrent ONNX Runtime calls (0: auto)")
     host: str = "127.0.0.1"

@@ -109,25 +109,24 @@ def content_key(**parts: object) -> str:
 class FeatureCache:
     """Activations of one trunk on one prepared dataset: ``<root>/<group>/<entry>.npy``.
 
-    ``slot`` names what a run asks for (prepared folder, architecture, weights, cut, runtime);
-    ``group`` adds the content behind those names (the trunk graph's hash, the prepared data's
-    content hash). When the content behind a slot changes, the slot's older groups can never be
-    asked for again and are pruned; so are groups whose prepared folder is gone.
+    ``slot`` names what a run asks for (the prepared folder as configured, architecture,
+    weights, cut, runtime); ``group`` is the content behind it (the trunk graph's hash, the
+    prepared data's content hash). When the content behind a slot changes, the slot's older
+    groups can never be asked for again and are pruned. The group does not depend on where the
+    project lives, so flow runs in their own worktrees share one cache.
     """
 
     root: Path
     slot: str
     group: str
-    prepared: str
 
     @classmethod
     def open(cls, root: str | Path, prepared: PreparedData, trunk_sha256: str, **names: object) -> FeatureCache:
-        prepared_root = str(Path(prepared.root).resolve())
-        slot = content_key(prepared=prepared_root, **names)
-        group = content_key(slot=slot, trunk=trunk_sha256, data=prepared.content_hash)
-        cache = cls(Path(root), slot, group, prepared_root)
+        slot = content_key(prepared=str(prepared.root), **names)
+        group = content_key(trunk=trunk_sha256, data=prepared.content_hash, **names)
+        cache = cls(Path(root), slot, group)
         cache.prune()
-        write_json(cache.directory / GROUP_FILE, {"slot": slot, "prepared": prepared_root, **names})
+        write_json(cache.directory / GROUP_FILE, {"slot": slot, "prepared": str(prepared.root), **names})
         return cache
 
     @property
@@ -142,8 +141,7 @@ class FeatureCache:
                 continue
             record = entry / GROUP_FILE
             info = read_json(record) if record.is_file() else {}
-            unreachable = not info or info["slot"] == self.slot or not Path(info["prepared"]).is_dir()
-            if unreachable:  # entries of the old flat layout have no record and are unreachable too
+            if not info or info["slot"] == self.slot:  # the old flat layout's files have no record either
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
                 pruned.append(entry)
         return pruned

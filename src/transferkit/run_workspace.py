@@ -1,0 +1,126 @@
+"""A flow run's own workspace: a git worktree of the committed revision, sharing the DVC cache.
+
+Chosen over ``dvc exp run --temp``: a temp experiment starts from the workspace *with* its
+uncommitted edits and leaves its outputs in an experiment ref that must be applied to the
+workspace to be promoted, whereas a detached worktree of HEAD is exactly "what is committed",
+its outputs are plain files the promotion reads, and deleting it leaves no trace. The worktree
+sits in ``.dvc/tmp/runs/`` (ignored by DVC's own .gitignore) and uses the project's DVC cache,
+so the run cache restores every stage whose inputs did not change, and the project's feature
+cache. A run's overrides are written into the worktree's params.yaml only.
+
+A run holds an exclusive ``flock`` on ``<id>.lock`` beside its workspace ``<id>/`` for its
+lifetime; the kernel releases it when the process dies, even by SIGKILL, so the next run deletes
+workspaces whose lock it can take (left by killed runs) and never one that is in use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from transferkit.config import Params, load_params
+from transferkit.errors import DataError, TransferkitError
+from transferkit.orchestration import apply_overrides, run_dvc
+
+RUNS_DIR = Path(".dvc/tmp/runs")
+
+
+def _git(project: Path, *args: str) -> str:
+    result = subprocess.run(["git", *args], cwd=project, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise TransferkitError(f"`git {' '.join(args)}` failed in {project}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def _try_lock(path: Path) -> IO[Any] | None:
+    """The open, exclusively locked ``path``, or None when another live process holds it."""
+    handle = path.open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def remove_stale_workspaces(project: Path) -> list[Path]:
+    """Delete workspaces that no live run holds (a killed run's), and git's record of them."""
+    removed = []
+    runs = project / RUNS_DIR
+    for lock_file in sorted(runs.glob("*.lock")) if runs.is_dir() else []:
+        lock = _try_lock(lock_file)
+        if lock is None:
+            continue  # a live run holds it
+        workspace = lock_file.with_suffix("")
+        shutil.rmtree(workspace, ignore_errors=True)
+        lock_file.unlink()
+        lock.close()
+        removed.append(workspace)
+    subprocess.run(["git", "worktree", "prune"], cwd=project, capture_output=True)
+    return removed
+
+
+@dataclass(frozen=True)
+class RunWorkspace:
+    project: Path
+    path: Path
+    revision: str
+
+    def apply(self, params_file: str, overrides: dict[str, Any]) -> Params:
+        """The committed params plus ``overrides``, validated and written into this workspace only.
+
+        The feature cache stays the project's (it is keyed by content, and ``paths`` are no stage's
+        params), so a run that retrains does not recompute the frozen trunk's activations.
+        """
+        committed = load_params(self.path / params_file)
+        shared_cache = {"paths.feature_cache": str(self.project / committed.paths.feature_cache)}
+        return apply_overrides(self.path / params_file, {**shared_cache, **overrides})
+
+    def link_data(self, data_path: str) -> None:
+        """Check out the project's current DVC-tracked data version from the shared cache."""
+        pointer = Path(data_path).with_name(Path(data_path).name + ".dvc")
+        source = self.project / pointer
+        if not source.is_file():
+            raise DataError(f"{data_path} is not DVC-tracked in {self.project}; run `dvc add {data_path}` there")
+        (self.path / pointer).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, self.path / pointer)
+        result = run_dvc(self.path, "checkout", str(pointer))
+        if result.returncode != 0:
+            raise DataError(f"cannot check out {data_path} from the DVC cache: {result.stderr.strip()[-500:]}")
+
+
+def dvc_cache_dir(project: Path) -> Path:
+    """The project's DVC cache folder, whichever config sets it."""
+    result = run_dvc(project, "cache", "dir")
+    return Path(result.stdout.strip()) if result.returncode == 0 and result.stdout.strip() else project / ".dvc/cache"
+
+
+@contextlib.contextmanager
+def run_workspace(project: Path) -> Iterator[RunWorkspace]:
+    """A fresh worktree of HEAD for one run, removed afterwards whatever happens."""
+    project = project.resolve()
+    remove_stale_workspaces(project)
+    revision = _git(project, "rev-parse", "HEAD")
+    path = project / RUNS_DIR / uuid.uuid4().hex[:12]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = _try_lock(path.with_suffix(".lock"))  # before the worktree exists, so no cleaner takes it
+    try:
+        _git(project, "worktree", "add", "--detach", "--force", str(path), revision)
+        cache = dvc_cache_dir(project)
+        configured = run_dvc(path, "cache", "dir", "--local", str(cache))
+        if configured.returncode != 0:
+            raise TransferkitError(f"cannot share the DVC cache with the run workspace: {configured.stderr.strip()}")
+        yield RunWorkspace(project, path, revision)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=project, capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)
+        path.with_suffix(".lock").unlink(missing_ok=True)
+        if lock is not None:
+            lock.close()

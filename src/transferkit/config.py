@@ -134,11 +134,23 @@ class GateParams(Section):
     max_regression: Annotated[float, Field(ge=0, le=1)] = 0.01
 
 
+class Int8Params(Section):
+    """Static int8 quantization (export.precision: int8), calibrated on training images only."""
+
+    calibration_images: Annotated[int, Field(ge=8)] = 256
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = True
+    keep_float: list[Literal["first_conv", "head"]] = []
+    format: Literal["qdq", "qoperator"] = "qdq"
+
+
 class ExportParams(Section):
     opset: Annotated[int, Field(ge=13, le=21)] = 17
-    precision: Literal["fp32", "fp16"] = "fp32"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
     parity_tolerance: PositiveFloat = 1e-4
     fp16_parity_tolerance: PositiveFloat = 0.05
+    max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] = 0.005
+    int8: Int8Params = Int8Params()
 
 
 class PathParams(Section):

@@ -126,3 +126,30 @@ def test_fp16_export_keeps_the_contract_and_runs_on_the_cpu_provider(exported) -
     assert half[0].dtype == np.float32 and half[0].shape == full[0].shape
     assert 0 < np.abs(half[0] - full[0]).max() < 0.05  # fp16 really ran, within the default tolerance
     assert path.stat().st_size > 1.8 * half_path.stat().st_size
+
+
+def test_int8_leaves_the_padding_arithmetic_alone(exported) -> None:
+    """TF-style "same" padding is computed from shapes at run time; quantizing it breaks the pads."""
+    from transferkit.config import Int8Params
+    from transferkit.export.quantize import quantize_int8
+
+    _, path = exported
+    calibration = np.random.default_rng(2).integers(0, 256, (16, 3, 64, 64), dtype=np.uint8)
+    quantized = onnx.load_from_string(quantize_int8(path.read_bytes(), calibration, Int8Params()))
+    producers = {output: node.op_type for node in quantized.graph.node for output in node.output}
+    quantized_tensors = {node.input[0] for node in quantized.graph.node if node.op_type == "QuantizeLinear"}
+    assert {producers.get(t) for t in quantized_tensors} & {"Concat", "Unsqueeze", "Gather", "Shape"} == set()
+    assert any(node.op_type == "QuantizeLinear" for node in quantized.graph.node)
+    assert read_metadata(quantized) == read_metadata(onnx.load(str(path)))  # the contract travels along
+
+
+def test_accuracy_drop_rule_names_the_drop() -> None:
+    from transferkit.export.onnx_export import check_accuracy_drop
+
+    reference = np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])
+    labels = np.array([0, 1, 0, 1])
+    flipped = reference.copy()
+    flipped[0] = [0.0, 2.0]
+    assert check_accuracy_drop(reference + 0.3, reference, labels, 0.0).passed
+    with pytest.raises(ExportError, match=r"loses 25\.00 points .* 0\.1"):
+        check_accuracy_drop(flipped, reference, labels, 0.1)

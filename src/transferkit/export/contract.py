@@ -38,9 +38,18 @@ LINEAGE_KEYS = (
 HEADLINE_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "roc_auc", "ece", "count")
 
 
-def model_metadata(checkpoint_meta: dict[str, Any], metrics: dict[str, Any], precision: str) -> dict[str, Any]:
-    """Everything an export writes into ``metadata_props``, from the checkpoint and its test metrics."""
+def model_metadata(
+    checkpoint_meta: dict[str, Any],
+    metrics: dict[str, Any],
+    precision: str,
+    quantization: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything an export writes into ``metadata_props``, from the checkpoint and its test metrics.
+
+    ``quantization`` (int8 only) says how the model was calibrated.
+    """
     return {
+        **({"quantization": quantization} if quantization else {}),
         "class_names": checkpoint_meta["class_names"],
         "image_size": checkpoint_meta["image_size"],
         "resize": checkpoint_meta["resize"],

@@ -7,6 +7,29 @@ from typing import Any
 from transferkit.data.elpv import LICENSE_NOTE
 
 
+def _verification(metadata: dict[str, Any], check: dict[str, Any]) -> str:
+    """What the export checked: a logit tolerance (fp32/fp16) or the accuracy drop (int8)."""
+    agreement = f"argmax agreement {check['argmax_agreement']:.4f}"
+    accuracies = f"accuracy {check['onnx_accuracy']:.4f} (ONNX) vs {check['torch_accuracy']:.4f} (PyTorch)"
+    if "accuracy_drop" not in check:
+        return (
+            f"ONNX Runtime ({metadata['precision']} weights and compute) vs fp32 PyTorch on the test images:\n"
+            f"max |logit diff| {check['max_abs_diff']:.2e} (tolerance {check['tolerance']:.0e}),\n{agreement},\n"
+            f"{accuracies}."
+        )
+    quantization = metadata["quantization"]
+    return (
+        f"int8 static quantization ({quantization['format'].upper()}, "
+        f"{'per-channel' if quantization['per_channel'] else 'per-tensor'} int8 weights, uint8 activations), "
+        f"calibrated with {quantization['calibration_method']} on {quantization['calibration_images']} images "
+        f"of the {quantization['calibration_split']} split (never the test split).\n"
+        f"Against fp32 PyTorch on the test images: {accuracies}, a drop of "
+        f"{check['accuracy_drop'] * 100:.2f} points (limit {check['max_accuracy_drop'] * 100:.2f}); macro-F1 drop "
+        f"{check['macro_f1_drop'] * 100:.2f} points; {agreement}; max probability difference "
+        f"{check['max_probability_diff']:.3f}."
+    )
+
+
 def render_model_card(metadata: dict[str, Any], metrics: dict[str, Any], parity: dict[str, Any]) -> str:
     names = metadata["class_names"]
     per_class = "\n".join(
@@ -54,10 +77,7 @@ Everything here is also in the model's `metadata_props` (keys `transferkit.*`).
 {slices}
 
 ## Verification
-ONNX Runtime ({metadata["precision"]} weights and compute) vs fp32 PyTorch on the test images:
-max |logit diff| {parity["max_abs_diff"]:.2e} (tolerance {parity["tolerance"]:.0e}),
-argmax agreement {parity["argmax_agreement"]:.4f},
-accuracy {parity["onnx_accuracy"]:.4f} (ONNX) vs {parity["torch_accuracy"]:.4f} (PyTorch).
+{_verification(metadata, parity)}
 
 ## Limits
 Trained on one dataset's distribution; images from other cameras, resolutions or cell types

@@ -8,9 +8,11 @@ this file, onnxruntime, numpy and Pillow.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -37,6 +39,57 @@ class _ExportedClassifier(nn.Module):
         return logits, torch.softmax(logits, dim=1)
 
 
+class _StaticSameConv(nn.Module):
+    """A TF-style "same" convolution with its padding fixed for one input size.
+
+    timm's ``Conv2dSame`` computes its padding from the input's shape on every call, which traces
+    to about 200 shape-arithmetic nodes in EfficientNet-Lite's graph: overhead on every call, and
+    nodes a quantizer must be kept away from. The exported model has one input size (its
+    contract), so the pads are constants; the parity check proves the graphs equivalent.
+    """
+
+    def __init__(self, conv: nn.Conv2d, pads: list[int]) -> None:
+        super().__init__()
+        self.conv, self.pads = conv, pads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        return nn.functional.conv2d(
+            nn.functional.pad(x, self.pads), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups
+        )
+
+
+def with_static_padding(module: nn.Module, image_size: int) -> nn.Module:
+    """A copy of ``module`` whose "same" convolutions pad by constants for ``image_size`` inputs."""
+    from timm.layers import Conv2dSame
+    from timm.layers.padding import pad_same_arg
+
+    module = copy.deepcopy(module)
+    sizes: dict[str, list[int]] = {}
+
+    def record(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+        def hook(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:  # returns None: inputs unchanged
+            sizes[name] = list(args[0].shape[-2:])
+
+        return hook
+
+    hooks = [
+        conv.register_forward_pre_hook(record(name))
+        for name, conv in module.named_modules()
+        if isinstance(conv, Conv2dSame)
+    ]
+    with torch.no_grad():
+        module(torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8))
+    for hook in hooks:
+        hook.remove()
+    for name, size in sizes.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = module.get_submodule(parent_name)
+        conv = getattr(parent, child)
+        setattr(parent, child, _StaticSameConv(conv, pad_same_arg(size, conv.kernel_size, conv.stride, conv.dilation)))
+    return module
+
+
 def trace_to_onnx(module: nn.Module, image_size: int, output_names: list[str], opset: int) -> onnx.ModelProto:
     """Export ``module`` (uint8 NCHW ``images`` in, dynamic batch) with the TorchScript exporter.
 
@@ -49,7 +102,7 @@ def trace_to_onnx(module: nn.Module, image_size: int, output_names: list[str], o
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            module,
+            with_static_padding(module, image_size),
             (example,),
             buffer,
             input_names=[INPUT_NAME],
@@ -118,6 +171,63 @@ class ParityReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed}
+
+
+@dataclass(frozen=True)
+class QuantizedReport:
+    """int8 against fp32 PyTorch: logits may differ, predictions must stay as accurate."""
+
+    argmax_agreement: float
+    onnx_accuracy: float
+    torch_accuracy: float
+    accuracy_drop: float
+    macro_f1_drop: float
+    max_probability_diff: float
+    max_accuracy_drop: float
+    count: int
+
+    @property
+    def passed(self) -> bool:
+        return self.accuracy_drop <= self.max_accuracy_drop
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(1, keepdims=True))
+    return shifted / shifted.sum(1, keepdims=True)
+
+
+def check_accuracy_drop(
+    onnx_logits: np.ndarray, torch_logits: np.ndarray, labels: np.ndarray, max_drop: float
+) -> QuantizedReport:
+    """A quantized model on the test images: accuracy may drop by at most ``max_drop``."""
+    from sklearn.metrics import f1_score
+
+    onnx_pred, torch_pred = onnx_logits.argmax(1), torch_logits.argmax(1)
+    onnx_accuracy, torch_accuracy = float((onnx_pred == labels).mean()), float((torch_pred == labels).mean())
+    report = QuantizedReport(
+        argmax_agreement=float((onnx_pred == torch_pred).mean()),
+        onnx_accuracy=onnx_accuracy,
+        torch_accuracy=torch_accuracy,
+        accuracy_drop=torch_accuracy - onnx_accuracy,
+        macro_f1_drop=float(
+            f1_score(labels, torch_pred, average="macro", zero_division=0)
+            - f1_score(labels, onnx_pred, average="macro", zero_division=0)
+        ),
+        max_probability_diff=float(np.abs(_softmax(onnx_logits) - _softmax(torch_logits)).max()),
+        max_accuracy_drop=max_drop,
+        count=len(labels),
+    )
+    if not report.passed:
+        raise ExportError(
+            f"the int8 model loses {report.accuracy_drop * 100:.2f} points of test accuracy "
+            f"({report.onnx_accuracy:.4f} vs fp32 {report.torch_accuracy:.4f}), more than "
+            f"export.max_accuracy_drop {max_drop}. The model was not written; try export.int8.calibration_method, "
+            "export.int8.keep_float or more export.int8.calibration_images, or export.precision: fp32."
+        )
+    return report
 
 
 def check_parity(

@@ -4,7 +4,9 @@ The exported graph runs in ONNX Runtime on every test image and must match the e
 PyTorch logits that evaluate saved (whatever precision evaluation ran at) within
 ``export.parity_tolerance`` (``export.fp16_parity_tolerance`` for an fp16 export); only then
 are model.onnx and its model card renamed into place, so a failed check leaves the previous
-export untouched. fp16 models run on the CPU provider too, which is how CI verifies them.
+export untouched. fp16 models run on the CPU provider too, which is how CI verifies them. An
+int8 model (static quantization calibrated on training images) is held to
+``export.max_accuracy_drop`` of test accuracy instead of a logit tolerance.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from transferkit.config import Params
 from transferkit.data.cache import PreparedData
 from transferkit.export.contract import INPUT_NAME, OUTPUT_NAMES, model_metadata
 from transferkit.export.model_card import render_model_card
-from transferkit.export.onnx_export import check_parity, export_onnx
+from transferkit.export.onnx_export import (
+    ParityReport,
+    QuantizedReport,
+    check_accuracy_drop,
+    check_parity,
+    export_onnx,
+)
+from transferkit.export.quantize import quantize_int8
 from transferkit.io import atomic_write, read_json, write_json, write_text
 from transferkit.onnx_runtime import CPU, create_session
 from transferkit.stages.common import configure_threads, console, main
@@ -35,41 +44,70 @@ def onnx_logits(model_bytes: bytes, images: np.ndarray, threads: int, batch_size
     )
 
 
+def calibration_images(prepared: PreparedData, params: Params) -> np.ndarray:
+    """A seeded sample of the training split: what int8 calibrates on (never the test split)."""
+    train = prepared.indices("train")
+    count = min(params.export.int8.calibration_images, len(train))
+    chosen = np.sort(np.random.default_rng(params.data.seed).choice(train, count, replace=False))
+    return prepared.images_chw(chosen).numpy()
+
+
+def build_model(params: Params, payload: dict[str, Any], prepared: PreparedData, metadata: dict[str, Any]) -> bytes:
+    """The ONNX model at ``export.precision``: traced fp32 (or fp16), or fp32 quantized to int8."""
+    precision = params.export.precision
+    traced = "fp16" if precision == "fp16" else "fp32"
+    model = export_onnx(model_from_checkpoint(payload), prepared.image_size, params.export.opset, metadata, traced)
+    if precision == "int8":
+        model = quantize_int8(model, calibration_images(prepared, params), params.export.int8)
+    return model
+
+
+def verify(params: Params, model_bytes: bytes, prepared: PreparedData, threads: int) -> ParityReport | QuantizedReport:
+    """Every test image through ONNX Runtime against the fp32 PyTorch logits evaluate saved."""
+    test_idx = prepared.indices("test")
+    logits = onnx_logits(model_bytes, prepared.images_chw(test_idx).numpy(), threads)
+    reference, labels = np.load(params.paths.test_logits), prepared.labels(test_idx)
+    export = params.export
+    if export.precision == "int8":
+        return check_accuracy_drop(logits, reference, labels, export.max_accuracy_drop)
+    tolerance = export.fp16_parity_tolerance if export.precision == "fp16" else export.parity_tolerance
+    return check_parity(logits, reference, labels, tolerance)
+
+
 def run(params: Params) -> dict[str, Any]:
     threads = configure_threads(params.train.num_threads)
     prepared = PreparedData.load(params.paths.prepared)
     payload = load_checkpoint(Path(params.paths.train) / MODEL)
     metrics = read_json(Path(params.paths.evaluate) / "metrics.json")
     precision = params.export.precision
-    metadata = model_metadata(payload["meta"], metrics, precision)
-    model_bytes = export_onnx(
-        model_from_checkpoint(payload), prepared.image_size, params.export.opset, metadata, precision
+    quantization = (
+        {**params.export.int8.model_dump(mode="json"), "calibration_split": "train"} if precision == "int8" else None
     )
-
-    test_idx = prepared.indices("test")
-    images = prepared.images_chw(test_idx).numpy()
-    torch_logits = np.load(params.paths.test_logits)
-    parity = check_parity(
-        onnx_logits(model_bytes, images, threads),
-        torch_logits,
-        prepared.labels(test_idx),
-        params.export.fp16_parity_tolerance if precision == "fp16" else params.export.parity_tolerance,
-    )
+    if quantization:
+        quantization["calibration_images"] = min(quantization["calibration_images"], len(prepared.indices("train")))
+    metadata = model_metadata(payload["meta"], metrics, precision, quantization)
+    model_bytes = build_model(params, payload, prepared, metadata)
+    check = verify(params, model_bytes, prepared, threads)
 
     out = Path(params.paths.export)
     with atomic_write(out / "model.onnx") as handle:
         handle.write(model_bytes)
-    write_text(out / "model_card.md", render_model_card(metadata, metrics, parity.as_dict()))
+    write_text(out / "model_card.md", render_model_card(metadata, metrics, check.as_dict()))
     report = {
-        "parity": parity.as_dict(),
+        "parity": check.as_dict(),
         "precision": precision,
         "size_bytes": len(model_bytes),
         "model": str(out / "model.onnx"),
     }
     write_json(params.paths.export_report, report)
     console.print(
-        f"exported {out / 'model.onnx'} ({precision}, {len(model_bytes) / 1e6:.1f} MB): max |diff| vs PyTorch "
-        f"{parity.max_abs_diff:.2e}, argmax agreement {parity.argmax_agreement:.4f}",
+        f"exported {out / 'model.onnx'} ({precision}, {len(model_bytes) / 1e6:.1f} MB): "
+        + (
+            f"test accuracy drop vs PyTorch fp32 {check.accuracy_drop * 100:.2f} points"
+            if isinstance(check, QuantizedReport)
+            else f"max |diff| vs PyTorch {check.max_abs_diff:.2e}"
+        )
+        + f", argmax agreement {check.argmax_agreement:.4f}",
         highlight=False,
     )
     return report

@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.tasks import exponential_backoff
+from pydantic import Field
 
 from flows.requests import ProjectRequest
 from transferkit import orchestration
@@ -38,6 +39,8 @@ class TrainingRequest(ProjectRequest):
     registry: str = "elpv-defects"
     registry_root: str = "models/registry"
     webhook_url: str | None = None
+    # other precisions exported (and verified) in the same run, registered beside the model
+    variants: list[Literal["fp16", "int8"]] = Field(default_factory=list)
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -83,11 +86,18 @@ def run_stage(workspace: RunWorkspace, stage: str, params: Params) -> str:
     return log
 
 
+@task(cache_policy=NO_CACHE)
+def export_variant(workspace: RunWorkspace, params: Params, precision: str) -> dict[str, Path]:
+    return orchestration.export_variant(workspace.path, params, precision)
+
+
 @task(**IO_TASK, cache_policy=NO_CACHE)
-def promote(workspace: RunWorkspace, params: Params, registry: Registry, record: dict[str, Any]) -> tuple[int, bool]:
+def promote(
+    workspace: RunWorkspace, params: Params, registry: Registry, record: dict[str, Any], variants: dict[str, Path]
+) -> tuple[int, bool]:
     """Register and promote, one run per registry at a time, against the production of that moment."""
     with registry_slot(registry):
-        return orchestration.promote_candidate(workspace.path, params, registry, record)
+        return orchestration.promote_candidate(workspace.path, params, registry, record, variants)
 
 
 def registry_slot(registry: Registry) -> AbstractContextManager[None]:
@@ -148,8 +158,11 @@ def training_pipeline(request: TrainingRequest = TrainingRequest()) -> dict[str,
         data_hash = sync_data(project, params.data.path)
         check_out_data(workspace, params.data.path)
         logs = [run_stage(workspace, stage, params) for stage in STAGES]
+        variants = {
+            k: v for precision in request.variants for k, v in export_variant(workspace, params, precision).items()
+        }
         record = {"data_hash": data_hash, "git_commit": workspace.revision, "overrides": overrides}
-        version, is_new = promote(workspace, params, registry, record)
+        version, is_new = promote(workspace, params, registry, record, variants)
         candidate = orchestration.read_json(workspace.path / params.paths.evaluate / "metrics.json")
 
     create_markdown_artifact(

@@ -291,6 +291,7 @@ def serve(
     registry_root: Path | None = typer.Option(None, help="registry folder for registry:NAME [models/registry]"),
     model_name: str | None = typer.Option(None, help="name under /v2/models [registry name or file stem]"),
     tensorrt: bool | None = typer.Option(None, "--tensorrt/--no-tensorrt", help="TensorRT before CUDA [off]"),
+    variant: str | None = typer.Option(None, help="with registry:NAME, a precision variant such as int8 [main model]"),
     reload_interval_s: float | None = typer.Option(None, help="poll for a new production model; 0 = never [5]"),
 ) -> None:
     """Serve a model over HTTP: /v1/predict, KServe v2 (/v2), /metrics, /docs; every flag also reads
@@ -315,6 +316,7 @@ def serve(
             registry_root=registry_root,
             model_name=model_name,
             tensorrt=tensorrt,
+            variant=variant,
             reload_interval_s=reload_interval_s,
         )
         # Loaded before binding the port, so a bad model or device fails here with a clear message.

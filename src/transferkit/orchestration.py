@@ -17,7 +17,7 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from transferkit.config import Params, load_params, set_dotted
-from transferkit.errors import DataError, GateFailed, TransferkitError
+from transferkit.errors import DataError, ExportError, GateFailed, TransferkitError
 from transferkit.evaluation.gate import RuleResult, check_gate
 from transferkit.io import atomic_write, read_json, sha256_file
 from transferkit.registry import METRICS, Registry
@@ -37,13 +37,37 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-def run_dvc(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """DVC in ``project``; its stages import transferkit from ``project``'s own ``src`` when it has one,
-    so a run workspace executes the code it checked out, not the developer's working copy."""
+def _run_python(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` in ``project``, importing transferkit from ``project``'s own ``src`` when it has
+    one, so a run workspace executes the code it checked out, not the developer's working copy."""
     env = tool_env()
     if (project / "src" / "transferkit").is_dir():
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project / "src"), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, *args], cwd=project, env=env, capture_output=True, text=True)
+
+
+def run_dvc(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return _run_python(project, "-m", "dvc", *args)
+
+
+def export_variant(run_dir: Path, params: Params, precision: str) -> dict[str, Path]:
+    """Export the run's model again at ``precision`` (verified like any export) beside the main one.
+
+    Not a DVC stage: a variant exists only to be registered next to the main model. Returns the
+    registry's names for its files (``int8/model.onnx``, ...).
+    """
+    out = f"{params.paths.export}-{precision}"
+    overrides = {"export.precision": precision, "paths.export": out, "paths.export_report": f"{out}/export.json"}
+    variant_params = run_dir / f"params-{precision}.yaml"
+    raw = load_params(run_dir / "params.yaml", overrides).model_dump(mode="json")
+    with atomic_write(variant_params, "w") as handle:
+        YAML(typ="safe").dump(raw, handle)
+    result = _run_python(run_dir, "-m", "transferkit.stages.export", "--params", variant_params.name)
+    if result.returncode != 0:
+        raise ExportError(
+            f"the {precision} variant failed its export check; nothing was promoted:\n{result.stderr[-2000:]}"
+        )
+    return {f"{precision}/{name}": run_dir / out / name for name in ("model.onnx", "model_card.md", "export.json")}
 
 
 def apply_overrides(params_file: Path, overrides: dict[str, Any]) -> Params:
@@ -132,14 +156,17 @@ def candidate_files(project: Path, params: Params) -> dict[str, Path]:
     }
 
 
-def promote_candidate(run_dir: Path, params: Params, registry: Registry, record: dict[str, Any]) -> tuple[int, bool]:
+def promote_candidate(
+    run_dir: Path, params: Params, registry: Registry, record: dict[str, Any], variants: dict[str, Path] | None = None
+) -> tuple[int, bool]:
     """Register the exported model of ``run_dir`` and make it production; returns (version, is_new).
 
     A candidate byte-identical to production (a rerun with nothing changed) is not registered
     again: the registry, like DVC, only records real changes. When production moved since the
     run's gate compared against it (another run promoted meanwhile), the candidate must still be
     no worse than the production of this moment. ``record`` (git commit, data hash, overrides)
-    goes into the lineage with the effective params.
+    goes into the lineage with the effective params; ``variants`` (``export_variant``'s files)
+    are registered beside the main model.
     """
     files = candidate_files(run_dir, params)
     production = registry.production()
@@ -156,8 +183,10 @@ def promote_candidate(run_dir: Path, params: Params, registry: Registry, record:
         "dvc_lock_sha256": hashlib.sha256((run_dir / "dvc.lock").read_bytes()).hexdigest(),
         "model_sha256": sha256_file(files["model.onnx"]),
         "params": params.model_dump(mode="json"),
+        "precision": params.export.precision,
+        "variants": sorted({name.split("/")[0] for name in variants or {}}),
     }
-    version = registry.register(files, lineage)
+    version = registry.register({**files, **(variants or {})}, lineage)
     registry.promote(version)
     return version, True
 

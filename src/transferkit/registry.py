@@ -1,6 +1,7 @@
 """A model registry on local disk: numbered versions and an atomic production pointer.
 
     <root>/<name>/v<N>/        model.onnx, model_card.md, metrics.json, gate.json, lineage.json
+    <root>/<name>/v<N>/<precision>/   model.onnx, model_card.md of a variant (e.g. int8), optional
     <root>/<name>/production.json   {"version": N, "history": [...]}  (written by rename)
 
 A version directory appears only by renaming a fully written staging folder, and production
@@ -29,6 +30,7 @@ VERSION_DIR = re.compile(r"^v(\d+)$")
 POINTER = "production.json"
 LINEAGE = "lineage.json"
 METRICS = "metrics.json"
+MODEL = "model.onnx"
 
 
 class RegistryError(TransferkitError):
@@ -80,11 +82,25 @@ class Registry:
             "path": str(directory),
             "lineage": read_json(directory / LINEAGE),
             "metrics": read_json(directory / METRICS),
+            "variants": sorted(p.parent.name for p in directory.glob(f"*/{MODEL}")),
         }
+
+    def model_path(self, version: int, variant: str | None = None) -> Path:
+        """The version's model, or its ``variant`` (another precision of the same weights)."""
+        directory = self.version_dir(version)
+        path = directory / variant / MODEL if variant else directory / MODEL
+        if not path.is_file():
+            variants = ", ".join(self.show(version)["variants"]) or "none"
+            raise RegistryError(f"{self.name} v{version} has no {variant} variant (variants: {variants})")
+        return path
 
     # --- writing ----------------------------------------------------------------------------
     def register(self, files: dict[str, Path], lineage: dict[str, Any]) -> int:
-        """Copy ``files`` (name in the version -> source) into a new version; returns its number."""
+        """Copy ``files`` (name in the version -> source) into a new version; returns its number.
+
+        Names may hold one folder: ``int8/model.onnx`` is the version's int8 variant, the same
+        weights at another precision, kept side by side with the main model.
+        """
         if METRICS not in files:
             raise RegistryError(f"a version needs {METRICS}")
         missing = [str(p) for p in files.values() if not Path(p).is_file()]
@@ -95,6 +111,7 @@ class Registry:
             staging = Path(tempfile.mkdtemp(dir=self.path, prefix=f".v{version}."))
             try:
                 for name, source in files.items():
+                    (staging / name).parent.mkdir(exist_ok=True)
                     shutil.copy2(source, staging / name)
                 record = {
                     **lineage,

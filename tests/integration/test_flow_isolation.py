@@ -103,3 +103,35 @@ def test_killed_run_leaves_nothing_behind(committed: Path) -> None:
     assert (committed / "params.yaml").read_bytes() == params_before
     assert Registry(committed / "models/registry", REGISTRY).production() == 1
     _clean(committed)
+
+
+def test_int8_variant_is_registered_beside_the_model_and_served(committed: Path) -> None:
+    from flows.training_pipeline import TrainingRequest, training_pipeline
+
+    from transferkit.errors import ModelError
+    from transferkit.export.contract import read_metadata
+    from transferkit.serving.model_source import load_model, source_from
+    from transferkit.serving.settings import load_settings
+
+    # 40 test images, a barely trained model: one flip is 2.5 points (see tests/serving/test_int8_model.py)
+    request = TrainingRequest(
+        project_dir=str(committed),
+        registry=REGISTRY,
+        variants=["int8"],
+        overrides={"export.max_accuracy_drop": 0.25},
+    )
+    training_pipeline(request)
+    registry = Registry(committed / "models/registry", REGISTRY)
+    shown = registry.show(1)
+    assert shown["variants"] == ["int8"] and shown["lineage"]["precision"] == "fp32"
+    assert read_metadata(registry.model_path(1, "int8"))["precision"] == "int8"
+    assert read_metadata(registry.model_path(1))["precision"] == "fp32"
+
+    root = str(committed / "models/registry")
+    settings = load_settings(model=f"registry:{REGISTRY}", registry_root=root, variant="int8", device="cpu")
+    served = load_model(source_from(settings), settings)
+    assert served.version == "v1" and served.classifier.metadata["precision"] == "int8"
+    missing = load_settings(model=f"registry:{REGISTRY}", registry_root=root, variant="fp16", device="cpu")
+    with pytest.raises(ModelError, match=r"no fp16 variant \(variants: int8\)"):
+        load_model(source_from(missing), missing)
+    _clean(committed)

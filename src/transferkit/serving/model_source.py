@@ -16,7 +16,7 @@ from typing import Any
 
 from transferkit.errors import ModelError
 from transferkit.onnx_runtime import CPU, CudaOptions, providers_for
-from transferkit.registry import Registry
+from transferkit.registry import Registry, RegistryError
 from transferkit.serving.onnx_model import OnnxClassifier
 from transferkit.serving.settings import ServeSettings
 
@@ -52,11 +52,14 @@ class FileSource:
 
 
 class RegistrySource:
-    def __init__(self, root: Path, name: str) -> None:
-        self.registry = Registry(root, name)
+    """The production version of a registry, or its ``variant`` (another precision, e.g. int8)."""
+
+    def __init__(self, root: Path, name: str, variant: str | None = None) -> None:
+        self.registry, self.variant = Registry(root, name), variant
 
     def describe(self) -> str:
-        return f"registry:{self.registry.name} ({self.registry.path})"
+        variant = f", {self.variant} variant" if self.variant else ""
+        return f"registry:{self.registry.name} ({self.registry.path}{variant})"
 
     def fingerprint(self) -> str:
         version = self.registry.production()
@@ -69,8 +72,12 @@ class RegistrySource:
 
     def resolve(self, fingerprint: str) -> tuple[Path, str | None, dict[str, Any]]:
         """The version ``fingerprint`` names, not a second read of the pointer that may have moved since."""
-        info = self.registry.show(int(fingerprint.removeprefix("v")))
-        return Path(info["path"]) / "model.onnx", fingerprint, info["lineage"]
+        version = int(fingerprint.removeprefix("v"))
+        try:
+            path = self.registry.model_path(version, self.variant)
+        except RegistryError as error:
+            raise ModelError(str(error)) from None
+        return path, fingerprint, self.registry.show(version)["lineage"]
 
 
 Source = FileSource | RegistrySource
@@ -78,7 +85,11 @@ Source = FileSource | RegistrySource
 
 def source_from(settings: ServeSettings) -> Source:
     name = settings.registry_name
-    return RegistrySource(settings.registry_root, name) if name else FileSource(Path(settings.model))
+    if name:
+        return RegistrySource(settings.registry_root, name, settings.variant)
+    if settings.variant:
+        raise ModelError("--variant picks a precision of a registry version; use it with --model registry:NAME")
+    return FileSource(Path(settings.model))
 
 
 def inference_parallelism(settings: ServeSettings) -> tuple[int, int]:

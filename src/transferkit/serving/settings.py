@@ -27,6 +27,7 @@ class ServeSettings(BaseSettings):
 
     model: str = Field(description="path to an exported .onnx file, or registry:NAME for its production version")
     registry_root: Path = Field(Path("models/registry"), description="registry folder for registry:NAME")
+    variant: str | None = Field(None, description="registry:NAME only: serve this precision variant (e.g. int8)")
     model_name: str | None = Field(None, description="name in /v2/models/{name} (default: registry name or file stem)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tensorrt: bool = Field(False, description="put TensorRT before CUDA (GPU only)")

@@ -52,6 +52,21 @@ def model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def model_int8(model_a: Path, cells: list[Path]) -> Path:
+    """model_a quantized to int8 (calibrated on real cells), metadata and contract kept."""
+    import numpy as np
+
+    from transferkit.config import Int8Params
+    from transferkit.export.quantize import quantize_int8
+    from transferkit.preprocessing import load_for_model
+
+    calibration = np.stack([load_for_model(cell, IMAGE_SIZE, "bilinear") for cell in cells])
+    path = model_a.with_name("model-int8.onnx")
+    path.write_bytes(quantize_int8(model_a.read_bytes(), calibration, Int8Params(calibration_images=len(cells))))
+    return path
+
+
+@pytest.fixture(scope="session")
 def cells(elpv_subset: Path) -> list[Path]:
     """Eight real ELPV cell images."""
     return sorted((elpv_subset / "images").glob("*.png"))[:8]

@@ -134,8 +134,11 @@ def test_serve_refuses_to_start_on_a_bad_model_or_device(tmp_path: Path, model_a
         assert result.returncode == 2 and "no CUDA provider" in result.stderr
 
 
-def test_downstream_app_stands_alone(model_a: Path, cells: list[Path]) -> None:
-    """examples/downstream_app.py with transferkit made unimportable gives `transferkit predict`'s answers."""
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_downstream_app_stands_alone(precision: str, request: pytest.FixtureRequest, cells: list[Path]) -> None:
+    """examples/downstream_app.py with transferkit made unimportable gives `transferkit predict`'s answers,
+    for an fp32 and an int8 model alike (same contract)."""
+    model_a = request.getfixturevalue("model_a" if precision == "fp32" else "model_int8")
     harness = (
         "import runpy, sys\n"
         "sys.modules['transferkit'] = None  # any import of transferkit now fails\n"

@@ -29,7 +29,7 @@ from flows.requests import ProjectRequest
 from transferkit import orchestration
 from transferkit.config import Params, Strategy
 from transferkit.orchestration import STAGES, TransientError
-from transferkit.registry import Registry
+from transferkit.registry import METRICS, Registry
 from transferkit.run_workspace import RunWorkspace, run_workspace
 
 
@@ -149,7 +149,7 @@ def training_pipeline(request: TrainingRequest = TrainingRequest()) -> dict[str,
     production_metrics = registry.production_metrics()
     # The gate compares the candidate with the model in production ("no worse than production"),
     # passed to this run alone; promotion re-checks it if production moves meanwhile.
-    baseline = registry.version_dir(production) / "metrics.json" if production is not None else None
+    baseline = registry.version_dir(production) / METRICS if production is not None else None
 
     with run_workspace(project) as workspace:
         params = configure_run(

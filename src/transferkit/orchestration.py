@@ -16,7 +16,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from transferkit.config import Params, load_params, set_dotted
+from transferkit.config import Params, load_params, parse_params, set_dotted
 from transferkit.errors import DataError, ExportError, GateFailed, TransferkitError
 from transferkit.evaluation.gate import RuleResult, check_gate
 from transferkit.io import atomic_write, read_json, sha256_file
@@ -59,7 +59,10 @@ def export_variant(run_dir: Path, params: Params, precision: str) -> dict[str, P
     out = f"{params.paths.export}-{precision}"
     overrides = {"export.precision": precision, "paths.export": out, "paths.export_report": f"{out}/export.json"}
     variant_params = run_dir / f"params-{precision}.yaml"
-    raw = load_params(run_dir / "params.yaml", overrides).model_dump(mode="json")
+    raw = params.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        set_dotted(raw, dotted, value)
+    raw = parse_params(raw, str(variant_params)).model_dump(mode="json")  # validated before it is written
     with atomic_write(variant_params, "w") as handle:
         YAML(typ="safe").dump(raw, handle)
     result = _run_python(run_dir, "-m", "transferkit.stages.export", "--params", variant_params.name)

@@ -44,21 +44,26 @@ def onnx_logits(model_bytes: bytes, images: np.ndarray, threads: int, batch_size
     )
 
 
-def calibration_images(prepared: PreparedData, params: Params) -> np.ndarray:
+def calibration_indices(prepared: PreparedData, params: Params) -> np.ndarray:
     """A seeded sample of the training split: what int8 calibrates on (never the test split)."""
     train = prepared.indices("train")
     count = min(params.export.int8.calibration_images, len(train))
-    chosen = np.sort(np.random.default_rng(params.data.seed).choice(train, count, replace=False))
-    return prepared.images_chw(chosen).numpy()
+    return np.sort(np.random.default_rng(params.data.seed).choice(train, count, replace=False))
 
 
-def build_model(params: Params, payload: dict[str, Any], prepared: PreparedData, metadata: dict[str, Any]) -> bytes:
-    """The ONNX model at ``export.precision``: traced fp32 (or fp16), or fp32 quantized to int8."""
-    precision = params.export.precision
-    traced = "fp16" if precision == "fp16" else "fp32"
+def build_model(
+    params: Params,
+    payload: dict[str, Any],
+    prepared: PreparedData,
+    metadata: dict[str, Any],
+    calibration: np.ndarray | None,
+) -> bytes:
+    """The ONNX model at ``export.precision``: traced fp32 (or fp16), or fp32 quantized to int8
+    on the ``calibration`` indices."""
+    traced = "fp16" if params.export.precision == "fp16" else "fp32"
     model = export_onnx(model_from_checkpoint(payload), prepared.image_size, params.export.opset, metadata, traced)
-    if precision == "int8":
-        model = quantize_int8(model, calibration_images(prepared, params), params.export.int8)
+    if calibration is not None:
+        model = quantize_int8(model, prepared.images_chw(calibration).numpy(), params.export.int8)
     return model
 
 
@@ -80,13 +85,18 @@ def run(params: Params) -> dict[str, Any]:
     payload = load_checkpoint(Path(params.paths.train) / MODEL)
     metrics = read_json(Path(params.paths.evaluate) / "metrics.json")
     precision = params.export.precision
+    calibration = calibration_indices(prepared, params) if precision == "int8" else None
     quantization = (
-        {**params.export.int8.model_dump(mode="json"), "calibration_split": "train"} if precision == "int8" else None
+        None
+        if calibration is None
+        else {
+            **params.export.int8.model_dump(mode="json"),
+            "calibration_split": "train",
+            "calibration_images": len(calibration),
+        }
     )
-    if quantization:
-        quantization["calibration_images"] = min(quantization["calibration_images"], len(prepared.indices("train")))
     metadata = model_metadata(payload["meta"], metrics, precision, quantization)
-    model_bytes = build_model(params, payload, prepared, metadata)
+    model_bytes = build_model(params, payload, prepared, metadata, calibration)
     check = verify(params, model_bytes, prepared, threads)
 
     out = Path(params.paths.export)

@@ -54,6 +54,8 @@ def export_224(path: Path, seed: int) -> Path:
         "architecture": "efficientnet_lite0",
         "weights": "imagenet",
         "strategy": "linear",
+        "augment_preset": "orientation_free",
+        "calibration": {"method": "none", "temperature": 1.0, "val_nll_before": 0.7, "val_nll_after": 0.7},
         "source": "elpv",
         "params_hash": f"seed{seed}",
         "data_hash": "benchmark",

@@ -1,7 +1,7 @@
 """Shared fixtures: the real params file shrunk for speed, and a real ELPV subset.
 
 Tests never invent a config: they load the project's params.yaml and shrink it (small images,
-few epochs, fewer cached views), as the lightning-hydra-template does.
+few epochs), as the lightning-hydra-template does.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ SHRINK: dict[str, Any] = {
     "data.image_size": 64,
     "train.epochs": 2,
     "train.batch_size": 16,
-    "train.cache_views": 2,
     "train.num_threads": 2,
     "gate.min_accuracy": 0.0,
     "gate.min_macro_f1": 0.0,

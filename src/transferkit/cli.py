@@ -80,6 +80,26 @@ def data_elpv(
     console.print(f"{dest}: {count} ELPV images")
 
 
+@data_app.command("example")
+def data_example(
+    name: str = typer.Argument(..., help="digits | digits-any-orientation | photo-orientation"),
+    dest: Path = typer.Option(..., help="new folder for the ImageFolder tree (<dest>/<class>/<n>.png)"),
+    per_class: int | None = typer.Option(None, min=1, help="at most this many images per class"),
+    seed: int = typer.Option(0, help="seed for random crops and orientations"),
+) -> None:
+    """Write a small ImageFolder dataset made from images that installed packages ship (offline).
+
+    Then `dvc add` it and set data.source: imagefolder, data.path: DEST, as with your own images.
+    """
+    from transferkit.data.examples import write_example
+
+    try:
+        counts = write_example(name, dest, per_class, seed)
+    except TransferkitError as error:
+        raise _fail(error) from None
+    console.print(f"{dest}: {sum(counts.values())} images in {len(counts)} classes {counts}")
+
+
 def _registry(root: Path, name: str) -> Registry:
     from transferkit.registry import Registry
 

@@ -71,12 +71,21 @@ class ModelParams(Section):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.2
 
 
-class AugmentParams(Section):
-    """On-the-fly augmentation (full-network path). The feature-cache path uses the D4 views."""
+AugmentPreset = Literal["auto", "natural", "orientation_free", "none"]
 
-    hflip: bool = True
-    vflip: bool = True
-    rot90: bool = True
+
+class AugmentParams(Section):
+    """What the training images may be turned into without changing their class.
+
+    ``preset`` decides the geometry (training/augment.py): ``natural`` horizontal flips (photos,
+    anything with an up and a down), ``orientation_free`` all eight flips/quarter turns (solar
+    cells, microscopy, aerial images), ``none``; ``auto`` follows the data source. The same
+    preset drives the views the CPU path caches and the live augmentation of the full-network
+    path, so the two cannot contradict each other. The magnitudes below are the jitter of
+    ``natural`` and ``orientation_free`` on the full-network path (a cache cannot hold it).
+    """
+
+    preset: AugmentPreset = "auto"
     affine_degrees: Annotated[float, Field(ge=0, le=45)] = 3.0
     affine_translate: Annotated[float, Field(ge=0, le=0.3)] = 0.02
     brightness: Annotated[float, Field(ge=0, le=1)] = 0.1
@@ -97,16 +106,16 @@ class TrainParams(Section):
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    ema_epochs: Annotated[float, Field(ge=0)] = 2.0
     class_weighting: Literal["balanced", "none"] = "balanced"
     early_stopping_patience: Annotated[int, Field(ge=1)] = 5
     selection_metric: Literal["macro_f1", "accuracy", "loss"] = "macro_f1"
     frozen_units: Annotated[int, Field(ge=0)] = 12
     feature_cache: Literal["auto", "on", "off"] = "auto"
-    cache_views: Literal[1, 2, 4, 8] = 8
     unfreeze_every: Annotated[int, Field(ge=1)] = 2
     unfreeze_step: Annotated[int, Field(ge=1)] = 1
     augment: AugmentParams = AugmentParams()
+    calibration: Literal["temperature", "none"] = "temperature"
     fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
     seed: int = 0
     num_threads: Annotated[int, Field(ge=0)] = 0
@@ -158,6 +167,7 @@ class PathParams(Section):
 
     prepared: str = "data/prepared"
     data_report: str = "reports/data.json"
+    data_summary: str = "reports/data.md"
     train: str = "models/train"
     checkpoints: str = "models/checkpoints"
     feature_cache: str = ".feature-cache"
@@ -211,6 +221,16 @@ class Params(Section):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Keys of earlier releases, and what took their place (an old params file gets told, not just refused).
+REPLACED_KEYS = {
+    "train.cache_views": "the cached views follow train.augment.preset now",
+    "train.augment.hflip": "flips and quarter turns follow train.augment.preset now",
+    "train.augment.vflip": "flips and quarter turns follow train.augment.preset now",
+    "train.augment.rot90": "flips and quarter turns follow train.augment.preset now",
+    "train.ema_decay": "use train.ema_epochs, the EMA's horizon in epochs (0 = off)",
+}
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Walk the pydantic model along ``loc`` (minus the bad key) and list the fields found there."""
     current: type[BaseModel] = model
@@ -230,7 +250,8 @@ def format_validation_error(error: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in loc) or "(top level)"
         if item["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_keys(Params, loc))
-            lines.append(f"  {key}: unknown key; allowed keys here: {allowed}")
+            replaced = f" ({REPLACED_KEYS[key]})" if key in REPLACED_KEYS else ""
+            lines.append(f"  {key}: unknown key{replaced}; allowed keys here: {allowed}")
         else:
             lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from transferkit.errors import DataError, ExportError, GateFailed, TransferkitEr
 from transferkit.evaluation.gate import RuleResult, check_gate
 from transferkit.io import atomic_write, read_json, sha256_file
 from transferkit.registry import METRICS, Registry
+from transferkit.stages.common import RELIABILITY_PNG
 
 STAGES = ("prepare", "train", "evaluate", "gate", "export")
 
@@ -70,7 +71,8 @@ def export_variant(run_dir: Path, params: Params, precision: str) -> dict[str, P
         raise ExportError(
             f"the {precision} variant failed its export check; nothing was promoted:\n{result.stderr[-2000:]}"
         )
-    return {f"{precision}/{name}": run_dir / out / name for name in ("model.onnx", "model_card.md", "export.json")}
+    files = ("model.onnx", "model_card.md", RELIABILITY_PNG, "export.json")
+    return {f"{precision}/{name}": run_dir / out / name for name in files}
 
 
 def apply_overrides(params_file: Path, overrides: dict[str, Any]) -> Params:
@@ -154,6 +156,7 @@ def candidate_files(project: Path, params: Params) -> dict[str, Path]:
     return {
         "model.onnx": export / "model.onnx",
         "model_card.md": export / "model_card.md",
+        RELIABILITY_PNG: export / RELIABILITY_PNG,
         METRICS: project / params.paths.evaluate / "metrics.json",
         "gate.json": project / params.paths.gate_report,
     }

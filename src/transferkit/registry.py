@@ -1,6 +1,6 @@
 """A model registry on local disk: numbered versions and an atomic production pointer.
 
-    <root>/<name>/v<N>/        model.onnx, model_card.md, metrics.json, gate.json, lineage.json
+    <root>/<name>/v<N>/        model.onnx, model_card.md, reliability.png, metrics.json, gate.json, lineage.json
     <root>/<name>/v<N>/<precision>/   model.onnx, model_card.md of a variant (e.g. int8), optional
     <root>/<name>/production.json   {"version": N, "history": [...]}  (written by rename)
 

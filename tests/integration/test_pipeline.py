@@ -34,11 +34,20 @@ def test_every_stage_runs_and_writes_its_outputs(reproduced) -> None:
     metrics = json.loads((root / "reports/evaluate/metrics.json").read_text())
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "ece", "per_class", "slices", "slice_gap"):
         assert key in metrics
+    assert metrics["augment_preset"] == "orientation_free"  # auto on ELPV
+    assert metrics["ece_uncalibrated"] >= 0 and metrics["temperature"] > 0
+    assert "## Images per class and split" in (root / "reports/data.md").read_text()
     assert set(metrics["slices"]) == {"mono", "poly"}
-    for png in ("reports/evaluate/confusion_matrix.png", "reports/train/plots/images/training_curves.png"):
+    for png in (
+        "reports/evaluate/confusion_matrix.png",
+        "reports/evaluate/reliability.png",
+        "reports/train/plots/images/training_curves.png",
+    ):
         assert (root / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (root / "reports/train/plots/metrics/val/macro_f1.tsv").is_file()
-    assert "## Test results" in (root / "models/export/model_card.md").read_text()
+    card = (root / "models/export/model_card.md").read_text()
+    assert "## Test results" in card and "## Calibration" in card and "![reliability diagram](reliability.png)" in card
+    assert (root / "models/export/reliability.png").is_file()
     assert "dvc.lock" in {p.name for p in root.iterdir()}
 
 
@@ -52,6 +61,9 @@ def test_exported_model_is_verified_and_self_describing(reproduced) -> None:
     metrics = json.loads((root / "reports/evaluate/metrics.json").read_text())
     assert metadata["test_metrics"]["accuracy"] == metrics["accuracy"]
     assert len(metadata["data_hash"]) == 16 and len(metadata["params_hash"]) == 16
+    assert metadata["augment_preset"] == "orientation_free"
+    assert metadata["calibration"]["temperature"] == metrics["temperature"]
+    assert metadata["calibration"]["outputs"] == "temperature-scaled"
 
 
 def test_second_repro_is_a_no_op(reproduced) -> None:

@@ -85,8 +85,14 @@ def test_scratch_cannot_freeze_units() -> None:
 def test_overrides_use_dotted_keys(tmp_path) -> None:
     file = tmp_path / "params.yaml"
     file.write_text((REPO / "params.yaml").read_text())
-    params = load_params(file, {"train.epochs": 3, "train.augment.hflip": False})
-    assert params.train.epochs == 3 and params.train.augment.hflip is False
+    params = load_params(file, {"train.epochs": 3, "train.augment.preset": "none"})
+    assert params.train.epochs == 3 and params.train.augment.preset == "none"
+
+
+def test_replaced_keys_say_what_replaced_them() -> None:
+    message = _error({"train": {"cache_views": 8, "ema_decay": 0.99}})
+    assert "train.cache_views: unknown key (the cached views follow train.augment.preset now)" in message
+    assert "use train.ema_epochs" in message
 
 
 def test_missing_file_and_bad_yaml(tmp_path) -> None:

@@ -10,8 +10,9 @@ import pytest
 
 from transferkit.config import DataParams, SplitParams
 from transferkit.data.elpv import materialize_elpv
+from transferkit.data.report import ImageInfo, build_report, render_markdown
 from transferkit.data.sources import list_samples
-from transferkit.data.split import assign_splits
+from transferkit.data.split import SPLITS, assign_splits
 from transferkit.errors import DataError
 
 
@@ -75,16 +76,21 @@ def _synthetic(n: int = 400) -> tuple[list[str], list[str]]:
     return labels, groups
 
 
+def distinct(items) -> list[str]:
+    """One content key per sample: no duplicates."""
+    return [str(i) for i, _ in enumerate(items)]
+
+
 def test_split_is_deterministic_and_seed_dependent() -> None:
     labels, groups = _synthetic()
-    first = assign_splits(labels, groups, SplitParams(), seed=1)
-    assert first == assign_splits(labels, groups, SplitParams(), seed=1)
-    assert first != assign_splits(labels, groups, SplitParams(), seed=2)
+    first = assign_splits(labels, groups, distinct(labels), SplitParams(), seed=1)
+    assert first == assign_splits(labels, groups, distinct(labels), SplitParams(), seed=1)
+    assert first != assign_splits(labels, groups, distinct(labels), SplitParams(), seed=2)
 
 
 def test_split_sizes_and_strata_follow_the_fractions() -> None:
     labels, groups = _synthetic()
-    splits = assign_splits(labels, groups, SplitParams(train=0.65, val=0.10, test=0.25), seed=0)
+    splits = assign_splits(labels, groups, distinct(labels), SplitParams(train=0.65, val=0.10, test=0.25), seed=0)
     counts = Counter(splits)
     assert counts["test"] == 100 and counts["val"] == 40 and counts["train"] == 260
     for stratum in {(lab, grp) for lab, grp in zip(labels, groups, strict=True)}:
@@ -94,21 +100,21 @@ def test_split_sizes_and_strata_follow_the_fractions() -> None:
 
 def test_test_split_does_not_move_when_val_changes() -> None:
     labels, groups = _synthetic()
-    a = assign_splits(labels, groups, SplitParams(train=0.65, val=0.10, test=0.25), seed=0)
-    b = assign_splits(labels, groups, SplitParams(train=0.55, val=0.20, test=0.25), seed=0)
+    a = assign_splits(labels, groups, distinct(labels), SplitParams(train=0.65, val=0.10, test=0.25), seed=0)
+    b = assign_splits(labels, groups, distinct(labels), SplitParams(train=0.55, val=0.20, test=0.25), seed=0)
     assert [i for i, s in enumerate(a) if s == "test"] == [i for i, s in enumerate(b) if s == "test"]
 
 
 def test_split_falls_back_to_label_strata_for_rare_groups() -> None:
     labels = ["a"] * 20 + ["b"] * 20
     groups = ["g1"] * 39 + ["rare"]
-    splits = assign_splits(labels, groups, SplitParams(), seed=0)
+    splits = assign_splits(labels, groups, distinct(labels), SplitParams(), seed=0)
     assert {"train", "val", "test"} == set(splits)
 
 
 def test_split_fails_clearly_when_a_class_is_too_small() -> None:
     with pytest.raises(DataError, match="smallest class"):
-        assign_splits(["a"] * 10 + ["b"], ["g"] * 11, SplitParams(), seed=0)
+        assign_splits(["a"] * 10 + ["b"], ["g"] * 11, distinct(range(11)), SplitParams(), seed=0)
 
 
 def test_materialize_subset_is_stratified_and_idempotent(tmp_path: Path) -> None:
@@ -121,3 +127,32 @@ def test_materialize_subset_is_stratified_and_idempotent(tmp_path: Path) -> None
     before = sorted(p.name for p in dest.rglob("*"))
     assert materialize_elpv(dest, limit=40, seed=0) == 40
     assert sorted(p.name for p in dest.rglob("*")) == before
+
+
+def test_duplicates_share_a_split_and_unique_data_splits_as_before() -> None:
+    labels, groups = _synthetic()
+    unique = assign_splits(labels, groups, distinct(labels), SplitParams(), seed=0)
+    # Every tenth file is a copy of the file before it (same content key).
+    keys = [str(i - 1) if i % 10 == 9 else str(i) for i in range(len(labels))]
+    with_copies = assign_splits(labels, groups, keys, SplitParams(), seed=0)
+    assert all(with_copies[i] == with_copies[i - 1] for i in range(9, len(labels), 10))
+    assert Counter(with_copies)["test"] > 80  # still about a quarter
+    assert unique == assign_splits(labels, groups, distinct(labels), SplitParams(), seed=0)
+
+
+def test_data_report_warns_about_what_changes_results() -> None:
+    images = (
+        [ImageInfo(f"a/{i}.png", "a", "train", f"a{i}", 32, 32, "RGB") for i in range(220)]
+        + [ImageInfo(f"b/{i}.png", "b", "train", f"b{i}", 40, 30, "L") for i in range(12)]
+        + [ImageInfo("b/copy.png", "b", "test", "a0", 32, 32, "RGB")]  # a's image filed under b too
+    )
+    report = build_report(images, [{"file": "c/x.png", "reason": "empty file (0 bytes)"}], ["a", "b"], SPLITS)
+    assert report["classes"] == {"a": 220, "b": 13} and report["imbalance_ratio"] == pytest.approx(16.92)
+    assert report["colour_modes"] == {"RGB": 221, "L": 12}
+    assert report["image_sizes"]["smallest"] == [32, 32] and report["image_sizes"]["largest"] == [40, 30]
+    assert report["duplicates"]["groups"] == 1 and report["duplicates"]["conflicting_labels"] == 1
+    text = " ".join(report["warnings"])
+    for expected in ("fewer than 20 images: {'b': 13}", "16.92x", "2 files are exact duplicates", "different labels"):
+        assert expected in text
+    assert "1 files could not be read" in text
+    assert "| b | 13 | 12 | 0 | 1 |" in render_markdown(report, SPLITS)

@@ -11,10 +11,12 @@ import torch
 
 from transferkit.data.cache import PreparedData, images_hash
 from transferkit.models.classifier import build_classifier
+from transferkit.training.augment import PRESETS
 from transferkit.training.compute import Compute
-from transferkit.training.feature_cache import VIEW_SETS, FeatureCache, compute_features, torch_trunk, trunk_onnx
+from transferkit.training.feature_cache import FeatureCache, compute_features, torch_trunk, trunk_onnx
 
 CPU = Compute(torch.device("cpu"), "fp32", channels_last=False)
+TWO_VIEWS = PRESETS["natural"].views  # identity and mirror
 NAMES = {"architecture": "efficientnet_lite0", "weights": "imagenet", "cut": 5, "runtime": "onnxruntime-cpu"}
 
 
@@ -44,7 +46,7 @@ class Counter:
 
     def __call__(self) -> torch.Tensor:
         self.calls += 1
-        return compute_features(torch_trunk(self.model, 5, CPU), self.images, VIEW_SETS[2], 2, "test")
+        return compute_features(torch_trunk(self.model, 5, CPU), self.images, TWO_VIEWS, 2, "test")
 
 
 def test_features_are_computed_once_per_content(tmp_path: Path, model) -> None:
@@ -53,8 +55,8 @@ def test_features_are_computed_once_per_content(tmp_path: Path, model) -> None:
     graph = sha(trunk_onnx(model, 5, 32))
     indices = np.arange(4)
     counter = Counter(model, images)
-    first = FeatureCache.open(tmp_path / "cache", prepared, graph, **NAMES).features(indices, VIEW_SETS[2], counter)
-    again = FeatureCache.open(tmp_path / "cache", prepared, graph, **NAMES).features(indices, VIEW_SETS[2], counter)
+    first = FeatureCache.open(tmp_path / "cache", prepared, graph, **NAMES).features(indices, TWO_VIEWS, counter)
+    again = FeatureCache.open(tmp_path / "cache", prepared, graph, **NAMES).features(indices, TWO_VIEWS, counter)
     assert counter.calls == 1 and first.shape[:2] == (2, 4) and first.dtype == torch.float16
     assert torch.equal(first, again)
 
@@ -66,10 +68,10 @@ def test_new_image_size_recomputes_and_prunes_the_old_group(tmp_path: Path, mode
     cache_root, prepared_root = tmp_path / "cache", tmp_path / "prepared"
     indices = np.arange(4)
     old = FeatureCache.open(cache_root, prepared_at(prepared_root, small.permute(0, 2, 3, 1).numpy()), "t", **NAMES)
-    old.features(indices, VIEW_SETS[2], Counter(model, small))
+    old.features(indices, TWO_VIEWS, Counter(model, small))
     counter = Counter(model, large)
     new = FeatureCache.open(cache_root, prepared_at(prepared_root, large.permute(0, 2, 3, 1).numpy()), "t", **NAMES)
-    features = new.features(indices, VIEW_SETS[2], counter)
+    features = new.features(indices, TWO_VIEWS, counter)
     assert counter.calls == 1 and features.shape[-1] == 48 // 8  # 48 px in, stride 8 at unit 5
     assert new.group != old.group and not old.directory.exists()
 

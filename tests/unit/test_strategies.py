@@ -86,19 +86,31 @@ def test_scratch_trains_the_backbone_at_the_head_rate(model: ImageClassifier) ->
     assert {g["lr"] for g in groups} == {2e-3}
 
 
-def test_warmup_then_cosine_schedule(model: ImageClassifier) -> None:
+def _head_lrs(model: ImageClassifier, epochs: int, steps_per_epoch: int) -> list[float]:
     import torch
 
     from transferkit.training.compute import Compute
 
-    train = TrainParams(lr=1e-3, epochs=4, warmup_epochs=1)
-    trainer = Trainer(model, train, cut=12, compute=Compute(torch.device("cpu"), "fp32", False), steps_per_epoch=10)
+    train = TrainParams(lr=1e-3, epochs=epochs, warmup_epochs=1)
+    compute = Compute(torch.device("cpu"), "fp32", False)
+    trainer = Trainer(model, train, cut=12, compute=compute, steps_per_epoch=steps_per_epoch)
     head_group = trainer.optimizer.param_groups[-1]
     lrs = []
-    for _ in range(40):
+    for _ in range(epochs * steps_per_epoch):
         lrs.append(head_group["lr"])
         trainer.optimizer.step()
         trainer.scheduler.step()
+    return lrs
+
+
+def test_warmup_then_cosine_schedule(model: ImageClassifier) -> None:
+    lrs = _head_lrs(model, epochs=12, steps_per_epoch=10)
     assert lrs[0] == pytest.approx(1e-5)  # warmup starts at 1 % of lr
     assert max(lrs) == pytest.approx(1e-3, rel=1e-6) and lrs.index(max(lrs)) == 10
     assert lrs[-1] < 0.02 * 1e-3  # cosine decays towards 0
+
+
+def test_warmup_cannot_swallow_a_short_run(model: ImageClassifier) -> None:
+    """One epoch with warmup_epochs 1: the warm-up is cut to 10 % of the run, not all of it."""
+    lrs = _head_lrs(model, epochs=1, steps_per_epoch=30)
+    assert lrs.index(max(lrs)) == 3 and max(lrs) == pytest.approx(1e-3, rel=1e-6)

@@ -15,7 +15,6 @@ from transferkit.training.checkpoint import load_checkpoint, model_from_checkpoi
 from transferkit.training.compute import Compute
 from transferkit.training.feature_cache import (
     D4_VIEWS,
-    VIEW_SETS,
     apply_view,
     onnx_trunk,
     torch_trunk,
@@ -35,7 +34,8 @@ def test_d4_views_are_the_eight_distinct_symmetries() -> None:
     image = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4)
     variants = {apply_view(image, v).flatten().tolist().__str__() for v in range(len(D4_VIEWS))}
     assert len(variants) == 8
-    assert VIEW_SETS[1] == (0,) and torch.equal(apply_view(image, 0), image)
+    assert torch.equal(apply_view(image, 0), image)
+    assert torch.equal(apply_view(image, 1), image.flip(-1))  # view 1: the mirror image
 
 
 def test_onnx_runtime_trunk_matches_pytorch(model) -> None:
@@ -95,8 +95,9 @@ def test_ema_weights_are_validated_and_survive_a_resume(model) -> None:
     from transferkit.config import TrainParams
     from transferkit.training.loop import Trainer
 
-    train = TrainParams(ema_decay=0.9, frozen_units=17, epochs=2)
-    trainer = Trainer(model, train, cut=17, compute=CPU, steps_per_epoch=2)
+    train = TrainParams(ema_epochs=2.0, frozen_units=17, epochs=2)
+    trainer = Trainer(model, train, cut=17, compute=CPU, steps_per_epoch=5)
+    assert trainer.ema_decay == pytest.approx(0.9)  # a horizon of 10 steps
     features = torch.randn(4, 320, 2, 2)  # the input of unit 17 (head_conv)
     labels = torch.tensor([0, 1, 0, 1])
     for _ in range(3):
@@ -105,6 +106,6 @@ def test_ema_weights_are_validated_and_survive_a_resume(model) -> None:
     raw, ema = trainer.model.head[2].weight, trainer.evaluation_model.head[2].weight
     assert not torch.equal(raw, ema)  # the average lags behind the raw weights
 
-    resumed = Trainer(model, train, cut=17, compute=CPU, steps_per_epoch=2)
+    resumed = Trainer(model, train, cut=17, compute=CPU, steps_per_epoch=5)
     resumed.load_state_dict(trainer.state_dict())
     assert torch.equal(resumed.evaluation_model.head[2].weight, ema)

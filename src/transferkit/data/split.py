@@ -3,6 +3,8 @@
 Strata are label x group (for ELPV: defect class x mono/poly, the protocol of Deitsch et al.);
 when a stratum is too small to be split (tiny datasets), it falls back to label-only strata.
 The test split is carved first, so changing ``val`` never moves an image into or out of test.
+Files with the same content (``keys``) always land in the same split: a duplicate on both sides
+of the train/test line would be graded on an image the model was trained on.
 """
 
 from __future__ import annotations
@@ -31,13 +33,23 @@ def _carve(indices: np.ndarray, strata: list[np.ndarray], size: float, seed: int
     )
 
 
-def assign_splits(labels: Sequence[str], groups: Sequence[str], fractions: SplitParams, seed: int) -> list[str]:
-    """Return the split name of each sample, in input order."""
-    label_arr = np.asarray(labels)
-    strata = [np.char.add(np.char.add(label_arr, "|"), np.asarray(groups)), label_arr]
-    everything = np.arange(len(label_arr))
+def assign_splits(
+    labels: Sequence[str], groups: Sequence[str], keys: Sequence[str], fractions: SplitParams, seed: int
+) -> list[str]:
+    """Return the split name of each sample, in input order; equal ``keys`` share a split.
+
+    The split is drawn over the first sample of each key and copied to the others, so a dataset
+    without duplicates is split exactly as if there were no keys.
+    """
+    first: dict[str, int] = {}
+    representative = np.array([first.setdefault(key, i) for i, key in enumerate(keys)])
+    unique = np.unique(representative)
+    label_arr, group_arr = np.asarray(labels)[unique], np.asarray(groups)[unique]
+    strata = [np.char.add(np.char.add(label_arr, "|"), group_arr), label_arr]
+    everything = np.arange(len(unique))
     rest, test = _carve(everything, strata, fractions.test, seed)
     train, val = _carve(rest, strata, fractions.val / (fractions.train + fractions.val), seed)
-    names = np.empty(len(label_arr), dtype=object)
+    names = np.empty(len(unique), dtype=object)
     names[train], names[val], names[test] = "train", "val", "test"
-    return names.tolist()
+    by_representative = dict(zip(unique.tolist(), names.tolist(), strict=True))
+    return [by_representative[r] for r in representative.tolist()]

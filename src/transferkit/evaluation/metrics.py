@@ -42,6 +42,19 @@ def _roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, probabilities, multi_class="ovr", average="macro"))
 
 
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int) -> float:
+    """Top-label ECE: |confidence - accuracy| averaged over equal-width bins, weighted by count."""
+    return float(
+        multiclass_calibration_error(
+            torch.as_tensor(probabilities, dtype=torch.float32),
+            torch.as_tensor(labels),
+            num_classes=probabilities.shape[1],
+            n_bins=bins,
+            norm="l1",
+        )
+    )
+
+
 def classification_metrics(
     logits: np.ndarray,
     labels: np.ndarray,
@@ -65,15 +78,7 @@ def classification_metrics(
         **_headline(labels, predicted),
         "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
         "roc_auc": _roc_auc(labels, probabilities),
-        "ece": float(
-            multiclass_calibration_error(
-                torch.as_tensor(probabilities, dtype=torch.float32),
-                torch.as_tensor(labels),
-                num_classes=len(class_names),
-                n_bins=calibration_bins,
-                norm="l1",
-            )
-        ),
+        "ece": expected_calibration_error(probabilities, labels, calibration_bins),
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True)

@@ -1,4 +1,4 @@
-"""PNG figures (matplotlib, headless): confusion matrix and training curves."""
+"""PNG figures (matplotlib, headless): confusion matrix, training curves, reliability diagram."""
 
 from __future__ import annotations
 
@@ -46,4 +46,32 @@ def training_curves_figure(history: Sequence[dict[str, Any]], best_epoch: int) -
     loss_axis.set_title("loss")
     metric_axis.set_title("validation")
     figure.tight_layout()
+    return figure
+
+
+def reliability_figure(
+    probabilities: dict[str, np.ndarray], labels: np.ndarray, bins: int, eces: dict[str, float]
+) -> plt.Figure:
+    """Accuracy against confidence per bin, one line per set of probabilities (e.g. before and
+    after calibration); points on the diagonal mean "0.9 is right 90 % of the time"."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    figure, axis = plt.subplots(figsize=(4.8, 4.4))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for name, probs in probabilities.items():
+        confidence, correct = probs.max(1), probs.argmax(1) == labels
+        which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+        filled = [b for b in range(bins) if np.any(which == b)]
+        axis.plot(
+            [confidence[which == b].mean() for b in filled],
+            [correct[which == b].mean() for b in filled],
+            marker="o",
+            label=f"{name} (ECE {eces[name]:.3f})",
+        )
+    axis.set_xlabel("confidence (top probability)")
+    axis.set_ylabel("accuracy")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.02)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper left")
+    axis.set_title("reliability on the test split")
     return figure

@@ -29,13 +29,14 @@ LINEAGE_KEYS = (
     "architecture",
     "weights",
     "strategy",
+    "augment_preset",
     "source",
     "precision",
     "params_hash",
     "data_hash",
     "test_metrics",
 )
-HEADLINE_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "roc_auc", "ece", "count")
+HEADLINE_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "roc_auc", "ece", "ece_uncalibrated", "count")
 
 
 def model_metadata(
@@ -60,6 +61,9 @@ def model_metadata(
         "architecture": checkpoint_meta["architecture"],
         "weights": checkpoint_meta["weights"],
         "strategy": checkpoint_meta["strategy"],
+        "augment_preset": checkpoint_meta["augment_preset"],
+        # Both outputs are divided by this temperature (fitted on the validation split).
+        "calibration": {**checkpoint_meta["calibration"], "outputs": "temperature-scaled"},
         "source": checkpoint_meta["source"],
         "params_hash": checkpoint_meta["params_hash"],
         "data_hash": checkpoint_meta["data_hash"],

@@ -30,7 +30,26 @@ def _verification(metadata: dict[str, Any], check: dict[str, Any]) -> str:
     )
 
 
-def render_model_card(metadata: dict[str, Any], metrics: dict[str, Any], parity: dict[str, Any]) -> str:
+def _calibration(metadata: dict[str, Any], metrics: dict[str, Any], reliability_png: str) -> str:
+    calibration = metadata["calibration"]
+    if calibration["method"] == "none":
+        how = "Not calibrated (`train.calibration: none`): outputs are the network's raw logits and their softmax."
+    else:
+        how = (
+            f"Temperature scaling, fitted on the validation split (never the test split): T = "
+            f"{calibration['temperature']:.3f}, validation NLL {calibration['val_nll_before']:.4f} -> "
+            f"{calibration['val_nll_after']:.4f}. Both outputs are temperature-scaled: `logits` are the raw "
+            "logits divided by T and `probabilities` their softmax (argmax is unchanged)."
+        )
+    return (
+        f"{how}\nExpected calibration error on the test split: {metrics['ece_uncalibrated']:.4f} raw, "
+        f"{metrics['ece']:.4f} as exported.\n\n![reliability diagram]({reliability_png})"
+    )
+
+
+def render_model_card(
+    metadata: dict[str, Any], metrics: dict[str, Any], parity: dict[str, Any], reliability_png: str
+) -> str:
     names = metadata["class_names"]
     per_class = "\n".join(
         f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
@@ -49,11 +68,13 @@ Image classification into {len(names)} classes: {", ".join(names)}.
 Input `images`: uint8 RGB, NCHW, {metadata["image_size"]}x{metadata["image_size"]}, values 0-255, any batch
 size; resize the image to that square with {metadata["resize"]} resampling (grayscale images are
 converted to RGB). Scaling and normalisation happen inside the graph.
-Outputs: `logits` and `probabilities` (softmax), shape (batch, {len(names)}), in the class order above.
+Outputs: `logits` and `probabilities` (softmax), shape (batch, {len(names)}), in the class order above;
+both temperature-scaled (see Calibration).
 Everything here is also in the model's `metadata_props` (keys `transferkit.*`).
 
 ## Training
-- Backbone: {metadata["architecture"]} with {metadata["weights"]} weights; strategy `{metadata["strategy"]}`.
+- Backbone: {metadata["architecture"]} with {metadata["weights"]} weights; strategy `{metadata["strategy"]}`;
+  augmentation preset `{metadata["augment_preset"]}`.
 - Exported precision: {metadata["precision"]} (input uint8, outputs {metadata["output_dtype"]}).
 - Params hash `{metadata["params_hash"]}`, data hash `{metadata["data_hash"]}`.
 - Data: {data_note}
@@ -65,7 +86,7 @@ Everything here is also in the model's `metadata_props` (keys `transferkit.*`).
 | macro-F1 | {metrics["macro_f1"]:.4f} |
 | balanced accuracy | {metrics["balanced_accuracy"]:.4f} |
 | ROC-AUC | {auc} |
-| expected calibration error | {metrics["ece"]:.4f} |
+| expected calibration error (calibrated / raw) | {metrics["ece"]:.4f} / {metrics["ece_uncalibrated"]:.4f} |
 | largest slice accuracy gap | {metrics["slice_gap"]:.4f} |
 
 | class | precision | recall | F1 | support |
@@ -76,10 +97,14 @@ Everything here is also in the model's `metadata_props` (keys `transferkit.*`).
 |---|---|---|---|
 {slices}
 
+## Calibration
+{_calibration(metadata, metrics, reliability_png)}
+
 ## Verification
 {_verification(metadata, parity)}
 
 ## Limits
 Trained on one dataset's distribution; images from other cameras, resolutions or cell types
-need their own evaluation. Probabilities are only as calibrated as the ECE above says.
+need their own evaluation. Probabilities are only as calibrated as the ECE above says, and only
+on data like the validation split they were calibrated on.
 """

@@ -30,12 +30,17 @@ MAX_IR_VERSION = 13
 
 
 class _ExportedClassifier(nn.Module):
-    def __init__(self, model: ImageClassifier) -> None:
+    """The classifier with its calibration baked in: both outputs are temperature-scaled, so
+    ``softmax(logits) == probabilities`` holds for consumers that compute their own softmax."""
+
+    def __init__(self, model: ImageClassifier, temperature: float) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.temperature = model, temperature
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(images)
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
         return logits, torch.softmax(logits, dim=1)
 
 
@@ -140,10 +145,17 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def export_onnx(
-    model: ImageClassifier, image_size: int, opset: int, metadata: dict[str, Any], precision: str = "fp32"
+    model: ImageClassifier,
+    image_size: int,
+    opset: int,
+    metadata: dict[str, Any],
+    precision: str = "fp32",
+    temperature: float = 1.0,
 ) -> bytes:
-    """Serialized, checked ONNX model at ``precision``; the caller verifies it before writing it anywhere."""
-    proto = trace_to_onnx(_ExportedClassifier(model.cpu()).eval(), image_size, list(OUTPUT_NAMES), opset)
+    """Serialized, checked ONNX model at ``precision`` whose outputs are divided by ``temperature``;
+    the caller verifies it before writing it anywhere."""
+    wrapped = _ExportedClassifier(model.cpu(), temperature).eval()
+    proto = trace_to_onnx(wrapped, image_size, list(OUTPUT_NAMES), opset)
     if precision == "fp16":
         proto = to_fp16(proto)
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)

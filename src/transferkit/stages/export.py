@@ -30,8 +30,8 @@ from transferkit.export.onnx_export import (
 from transferkit.export.quantize import quantize_int8
 from transferkit.io import atomic_write, read_json, write_json, write_text
 from transferkit.onnx_runtime import CPU, create_session
-from transferkit.stages.common import configure_threads, console, main
-from transferkit.training.checkpoint import MODEL, load_checkpoint, model_from_checkpoint
+from transferkit.stages.common import RELIABILITY_PNG, configure_threads, console, main
+from transferkit.training.checkpoint import MODEL, checkpoint_temperature, load_checkpoint, model_from_checkpoint
 
 
 def onnx_logits(model_bytes: bytes, images: np.ndarray, threads: int, batch_size: int = 64) -> np.ndarray:
@@ -61,7 +61,14 @@ def build_model(
     """The ONNX model at ``export.precision``: traced fp32 (or fp16), or fp32 quantized to int8
     on the ``calibration`` indices."""
     traced = "fp16" if params.export.precision == "fp16" else "fp32"
-    model = export_onnx(model_from_checkpoint(payload), prepared.image_size, params.export.opset, metadata, traced)
+    model = export_onnx(
+        model_from_checkpoint(payload),
+        prepared.image_size,
+        params.export.opset,
+        metadata,
+        traced,
+        checkpoint_temperature(payload),
+    )
     if calibration is not None:
         model = quantize_int8(model, prepared.images_chw(calibration).numpy(), params.export.int8)
     return model
@@ -102,7 +109,9 @@ def run(params: Params) -> dict[str, Any]:
     out = Path(params.paths.export)
     with atomic_write(out / "model.onnx") as handle:
         handle.write(model_bytes)
-    write_text(out / "model_card.md", render_model_card(metadata, metrics, check.as_dict()))
+    write_text(out / "model_card.md", render_model_card(metadata, metrics, check.as_dict(), RELIABILITY_PNG))
+    with atomic_write(out / RELIABILITY_PNG) as handle:
+        handle.write((Path(params.paths.evaluate) / RELIABILITY_PNG).read_bytes())
     report = {
         "parity": check.as_dict(),
         "precision": precision,

@@ -1,7 +1,8 @@
 """prepare: raw images -> decoded, resized uint8 cache + manifest + split + data report.
 
 Unreadable, corrupt or empty files are skipped and listed in the report; an empty class or
-dataset is an error.
+dataset is an error. Exact duplicates stay together in one split. The report's warnings (tiny
+classes, imbalance, duplicates) are printed before anything trains.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from tqdm import tqdm
 
 from transferkit.config import Params
 from transferkit.data.cache import images_hash, manifest_hash, write_prepared
+from transferkit.data.report import ImageInfo, build_report, render_markdown
 from transferkit.data.sources import Sample, list_samples
 from transferkit.data.split import SPLITS, assign_splits
 from transferkit.errors import DataError
-from transferkit.io import sha256_bytes, write_json
+from transferkit.io import sha256_bytes, write_json, write_text
 from transferkit.preprocessing import decode_image, is_grayscale, to_model_input
 from transferkit.stages.common import console, main
 
-Decoded = tuple[np.ndarray, str, bool] | str  # (HWC uint8, sha256, grayscale) or a skip reason
+# (HWC uint8, sha256, grayscale, (width, height, mode) on disk) or a skip reason
+Decoded = tuple[np.ndarray, str, bool, tuple[int, int, str]] | str
 
 
 def _decode(root: Path, sample: Sample, size: int, resize: str) -> Decoded:
@@ -38,7 +41,8 @@ def _decode(root: Path, sample: Sample, size: int, resize: str) -> Decoded:
         image = decode_image(data)
     except DataError as error:
         return str(error).replace("image bytes", "corrupt image")
-    return to_model_input(image, size, resize), sha256_bytes(data), is_grayscale(image)
+    found = (image.width, image.height, image.mode)
+    return to_model_input(image, size, resize), sha256_bytes(data), is_grayscale(image), found
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -66,7 +70,9 @@ def run(params: Params) -> dict[str, Any]:
 
     grayscale = all(d[2] for _, d in kept)
     images = np.stack([d[0][..., :1] if grayscale else d[0] for _, d in kept])
-    splits = assign_splits([s.label for s, _ in kept], [s.group for s, _ in kept], data.split, data.seed)
+    splits = assign_splits(
+        [s.label for s, _ in kept], [s.group for s, _ in kept], [d[1] for _, d in kept], data.split, data.seed
+    )
     label_index = {name: i for i, name in enumerate(class_names)}
     rows = [
         {
@@ -91,20 +97,22 @@ def run(params: Params) -> dict[str, Any]:
         "images_sha256": images_hash(images),
     }
     write_prepared(Path(params.paths.prepared), images, rows, meta)
+    infos = [ImageInfo(s.file, s.label, split, d[1], *d[3]) for (s, d), split in zip(kept, splits, strict=True)]
     report = {
-        "total": len(rows),
-        "skipped": skipped,
+        **build_report(infos, skipped, class_names, SPLITS),
         "data_hash": meta["data_hash"],
-        "counts": {
-            split: {name: sum(1 for r in rows if r["split"] == split and r["label"] == name) for name in class_names}
-            for split in SPLITS
-        },
         "groups": dict(sorted(Counter(r["group"] for r in rows).items())),
     }
     write_json(params.paths.data_report, report)
-    console.print(f"prepared {len(rows)} images ({len(skipped)} skipped) -> {params.paths.prepared}")
+    write_text(params.paths.data_summary, render_markdown(report, SPLITS))
+    console.print(
+        f"prepared {len(rows)} images ({len(skipped)} skipped) -> {params.paths.prepared}; "
+        f"data report: {params.paths.data_summary}"
+    )
     for entry in skipped:
         console.print(f"[yellow]skipped[/] {entry['file']}: {entry['reason']}", highlight=False)
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     return report
 
 

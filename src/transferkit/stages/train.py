@@ -1,9 +1,10 @@
 """train: fine-tune the pretrained backbone with the configured strategy; keep the best epoch.
 
-On the CPU (``feature_cache: auto``) the frozen bottom units run once per D4 view through ONNX
-Runtime and only the top trains; on CUDA the whole trainable part runs end to end with live
-augmentation. A kill -9 mid-run resumes from the last epoch's checkpoint when rerun with the
-same params and data.
+On the CPU (``feature_cache: auto``) the frozen bottom units run once per view of the
+augmentation preset through ONNX Runtime and only the top trains; on CUDA the whole trainable
+part runs end to end with live augmentation. The kept model's temperature is then fitted on the
+validation split and travels in the checkpoint. A kill -9 mid-run resumes from the last epoch's
+checkpoint when rerun with the same params and data.
 """
 
 from __future__ import annotations
@@ -24,18 +25,20 @@ from transferkit.data.cache import PreparedData
 from transferkit.evaluation.plots import training_curves_figure
 from transferkit.models.classifier import ImageClassifier, build_classifier
 from transferkit.stages.common import configure_threads, console, main
+from transferkit.training.augment import Preset, build_transform, resolve_preset
 from transferkit.training.batches import FeatureBatches, ImageBatches
+from transferkit.training.calibration import Calibration, fit_temperature, uncalibrated
 from transferkit.training.checkpoint import MODEL, load_checkpoint, save_checkpoint
 from transferkit.training.compute import Compute
 from transferkit.training.feature_cache import (
-    VIEW_SETS,
     FeatureCache,
     compute_features,
     onnx_trunk,
     torch_trunk,
     trunk_onnx,
 )
-from transferkit.training.loop import Batches, Trainer, class_weights
+from transferkit.training.loop import Batches, Trainer, class_weights, predict_logits
+from transferkit.training.orientation import PROBE_IMAGES, OrientationProbe, probe_orientation
 from transferkit.training.strategies import cut_index
 
 LAST, BEST = "last.pt", "best.pt"
@@ -50,7 +53,9 @@ def training_indices(prepared: PreparedData, fraction: float, seed: int) -> np.n
     return np.sort(keep)
 
 
-def checkpoint_meta(params: Params, prepared: PreparedData, model: ImageClassifier, cut: int) -> dict[str, Any]:
+def checkpoint_meta(
+    params: Params, prepared: PreparedData, model: ImageClassifier, cut: int, preset: Preset
+) -> dict[str, Any]:
     return {
         "architecture": params.model.architecture,
         "weights": params.model.weights,
@@ -62,6 +67,7 @@ def checkpoint_meta(params: Params, prepared: PreparedData, model: ImageClassifi
         "unit_names": model.unit_names,
         "cut": cut,
         "strategy": params.train.strategy,
+        "augment_preset": preset.name,
         "data_hash": prepared.data_hash,
         "params_hash": params.section_hash("data", "model", "train"),
         "params": {name: getattr(params, name).model_dump(mode="json") for name in ("data", "model", "train")},
@@ -75,7 +81,13 @@ def _use_feature_cache(params: Params, compute: Compute, cut: int) -> bool:
 
 
 def build_batches(
-    params: Params, prepared: PreparedData, model: ImageClassifier, cut: int, compute: Compute, threads: int
+    params: Params,
+    prepared: PreparedData,
+    model: ImageClassifier,
+    cut: int,
+    compute: Compute,
+    threads: int,
+    preset: Preset,
 ) -> tuple[Batches, Batches]:
     train_idx = training_indices(prepared, params.train.fraction, params.train.seed)
     val_idx = prepared.indices("val")
@@ -85,8 +97,9 @@ def build_batches(
     batch, seed = params.train.batch_size, params.train.seed
     if not _use_feature_cache(params, compute, cut):
         trunk = torch_trunk(model, cut, compute)
+        augment = (preset, build_transform(params.train.augment, preset))
         return (
-            ImageBatches(prepared.images_chw(train_idx), train_labels, batch, seed, trunk, params.train.augment),
+            ImageBatches(prepared.images_chw(train_idx), train_labels, batch, seed, trunk, augment),
             ImageBatches(prepared.images_chw(val_idx), val_labels, batch, seed, trunk),
         )
     graph = trunk_onnx(model, cut, prepared.image_size)
@@ -108,11 +121,18 @@ def build_batches(
             indices, views, lambda: compute_features(trunk, images(indices), views, 64, f"cache {name}")
         )
 
-    views = VIEW_SETS[params.train.cache_views]
     return (
-        FeatureBatches(features(train_idx, views, "train"), train_labels, batch, seed),
+        FeatureBatches(features(train_idx, preset.views, "train"), train_labels, batch, seed),
         FeatureBatches(features(val_idx, (0,), "val"), val_labels, batch, seed),
     )
+
+
+def orientation(params: Params, prepared: PreparedData, model: ImageClassifier, threads: int) -> OrientationProbe:
+    """Run the orientation probe on a seeded sample of the training split (ONNX Runtime, CPU)."""
+    train_idx = prepared.indices("train")
+    sample = np.sort(np.random.default_rng(params.train.seed).permutation(train_idx)[:PROBE_IMAGES])
+    pooled = onnx_trunk(trunk_onnx(model, model.num_units, prepared.image_size), threads)
+    return probe_orientation(pooled, prepared.images_chw(sample), params.train.seed)
 
 
 def _resume(trainer: Trainer, model: ImageClassifier, last: Path, fingerprint: str) -> bool:
@@ -139,12 +159,16 @@ def run(params: Params) -> dict[str, Any]:
         params.model.architecture, params.model.weights, len(prepared.class_names), params.model.dropout
     )
     cut = cut_index(params.train, model.num_units)
-    train_batches, val_batches = build_batches(params, prepared, model, cut, compute, threads)
+    preset, preset_choice = resolve_preset(
+        params.train.augment, prepared.meta["source"], lambda: orientation(params, prepared, model, threads)
+    )
+    console.print(f"augmentation preset {preset.name} ({preset_choice})", highlight=False)
+    train_batches, val_batches = build_batches(params, prepared, model, cut, compute, threads, preset)
     weights = class_weights(train_batches.labels.numpy(), len(prepared.class_names), params.train.class_weighting)
     steps = -(-len(train_batches) // params.train.batch_size)
     trainer = Trainer(model, params.train, cut, compute, steps, weights)
 
-    meta = checkpoint_meta(params, prepared, model, cut)
+    meta = checkpoint_meta(params, prepared, model, cut, preset)
     meta["fingerprint"] = meta["params_hash"] + meta["data_hash"]
     checkpoints = Path(params.paths.checkpoints)
     _resume(trainer, model, checkpoints / LAST, meta["fingerprint"])
@@ -165,6 +189,7 @@ def run(params: Params) -> dict[str, Any]:
                 save_checkpoint(checkpoints / BEST, trainer.evaluation_model, meta)
             save_checkpoint(checkpoints / LAST, model, meta, trainer=trainer.state_dict())
         best = load_checkpoint(checkpoints / BEST)
+        calibration = calibrate(params, model_with(best, model), val_batches, cut, compute)
         history = [asdict(r) for r in trainer.history]
         best_record = history[trainer.best_epoch]
         summary = {
@@ -178,18 +203,30 @@ def run(params: Params) -> dict[str, Any]:
             "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 1),
             **compute.describe(),
             "feature_cache": isinstance(train_batches, FeatureBatches),
+            "augment_preset": preset.name,
+            "augment_preset_choice": preset_choice,
+            "ema_decay": round(trainer.ema_decay, 5),
+            "temperature": round(calibration.temperature, 4),
         }
-        live.summary = {key: value for key, value in summary.items() if not isinstance(value, str)}
+        live.summary = {key: value for key, value in summary.items() if isinstance(value, int | float)}
         live.log_image("training_curves.png", training_curves_figure(history, trainer.best_epoch))
-    best["meta"]["training"] = summary
-    save_checkpoint(Path(params.paths.train) / MODEL, model_with(best, model), best["meta"])
+    best["meta"].update(training=summary, calibration=calibration.as_dict())
+    save_checkpoint(Path(params.paths.train) / MODEL, model, best["meta"])
     # The run finished: resuming is only for interrupted runs (a rerun after a code change must retrain).
     (checkpoints / LAST).unlink()
     console.print(
         f"best epoch {summary['best_epoch']} (val macro-F1 {summary['val_macro_f1']:.4f}) "
-        f"-> {params.paths.train}/{MODEL} in {summary['train_seconds']} s"
+        f"-> {params.paths.train}/{MODEL} in {summary['train_seconds']} s; temperature "
+        f"{calibration.temperature:.3f} (val NLL {calibration.val_nll_before:.4f} -> {calibration.val_nll_after:.4f})"
     )
     return summary
+
+
+def calibrate(params: Params, model: ImageClassifier, val: Batches, cut: int, compute: Compute) -> Calibration:
+    """Fit the kept model's temperature on the validation split (``train.calibration``)."""
+    logits, labels = predict_logits(model, val, cut, compute)
+    fit = fit_temperature if params.train.calibration == "temperature" else uncalibrated
+    return fit(logits.numpy(), labels.numpy())
 
 
 def model_with(payload: dict[str, Any], model: ImageClassifier) -> ImageClassifier:

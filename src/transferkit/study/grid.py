@@ -71,6 +71,7 @@ def cell_params(base: dict[str, Any], cell: Cell, root: Path, threads: int | Non
         {
             "prepared": str(prepared / "data"),
             "data_report": str(prepared / "report.json"),
+            "data_summary": str(prepared / "report.md"),
             "train": str(out / "model"),
             "checkpoints": str(out / "checkpoints"),
             "train_reports": str(out / "train"),

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+from torchvision.transforms import v2
 
-from transferkit.config import AugmentParams
-from transferkit.training.augment import augment_batch, build_transform
+from transferkit.training.augment import Preset, augment_batch
 from transferkit.training.feature_cache import TrunkFn
 
 
@@ -50,11 +50,10 @@ class ImageBatches:
         batch_size: int,
         seed: int,
         trunk: TrunkFn,
-        augment: AugmentParams | None = None,
+        augment: tuple[Preset, v2.Transform] | None = None,
     ) -> None:
         self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
         self.trunk, self.augment = trunk, augment
-        self.transform = build_transform(augment) if augment else None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -63,6 +62,6 @@ class ImageBatches:
         order, _ = _order(len(self), self.seed, epoch, shuffle)
         for chunk in order.split(self.batch_size):
             images = self.images[chunk]
-            if shuffle and self.augment is not None and self.transform is not None:
-                images = augment_batch(images, self.augment, self.transform)
+            if shuffle and self.augment is not None:
+                images = augment_batch(images, *self.augment)
             yield self.trunk(images), self.labels[chunk]

@@ -44,3 +44,11 @@ def model_from_checkpoint(payload: dict[str, Any]) -> ImageClassifier:
     model = build_classifier(meta["architecture"], "none", len(meta["class_names"]), meta["dropout"])
     model.load_state_dict(payload["model"])
     return model.eval()
+
+
+def checkpoint_temperature(payload: dict[str, Any]) -> float:
+    """The temperature the train stage fitted on the validation split (1.0: not calibrated)."""
+    calibration = payload["meta"].get("calibration")
+    if calibration is None:
+        raise ModelError("this checkpoint predates probability calibration; retrain it (dvc repro train)")
+    return float(calibration["temperature"])

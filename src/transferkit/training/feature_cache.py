@@ -1,9 +1,9 @@
 """Run the frozen bottom of the network once and keep its activations: the CPU fast path.
 
 A unit that never trains computes the same function every epoch, so its output can be cached.
-Random augmentation cannot be cached, but the eight D4 symmetries (rot90 x flip) can: each is
-run once, and every epoch draws one cached view per sample. Solar-cell images have no preferred
-orientation, so these views are label-preserving.
+Random augmentation cannot be cached, but the D4 symmetries (rot90 x flip) can: each view the
+augmentation preset allows (training/augment.py) is run once, and every epoch draws one cached
+view per sample.
 
 On the CPU the frozen part runs through ONNX Runtime (4-5x faster than PyTorch eager here, see
 docs/benchmarks.md); on CUDA it runs in PyTorch at the training precision. Cached activations
@@ -31,10 +31,8 @@ from transferkit.models.classifier import ImageClassifier
 from transferkit.onnx_runtime import CPU, create_session
 from transferkit.training.compute import Compute
 
-# (quarter turns, horizontal flip) for the 8 symmetries of the square; 1/2/4 views take prefixes
-# chosen so that 2 = identity + flip and 4 = the four rotations.
+# (quarter turns, horizontal flip) for the 8 symmetries of the square; view 1 is the mirror image.
 D4_VIEWS = ((0, False), (0, True), (1, False), (2, False), (3, False), (1, True), (2, True), (3, True))
-VIEW_SETS = {1: (0,), 2: (0, 1), 4: (0, 2, 3, 4), 8: tuple(range(8))}
 
 TrunkFn = Callable[[torch.Tensor], torch.Tensor]
 GROUP_FILE = "group.json"

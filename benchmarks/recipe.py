@@ -3,11 +3,13 @@
 Runs study grids (train + evaluate per cell, finished cells skipped on rerun) with the project's
 params.yaml, changing only ``data.*`` and, for the comparison, ``train.augment.preset``:
 - ELPV (the embedded default) at 5 %, 10 % and 100 % of the training split;
-- each example dataset (``transferkit data example``) with every preset, ``auto`` included.
+- each example dataset (``transferkit data example``) with every preset, ``auto`` included;
+- ablations (``--only ablations``): ELPV without the weight EMA (``train.ema_epochs: 0``) at the
+  same fractions, and a one-epoch linear probe on ``digits`` (chance: 0.1).
 Seeds 0-2 everywhere. Then a table of 3-seed means: accuracy, macro-F1, ECE before/after the
 temperature, and for each dataset the gap between ``auto`` and the best preset.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/recipe.py [--only elpv|examples] [--seeds 0 1 2]
+    PYTHONPATH=benchmarks:. .venv/bin/python benchmarks/recipe.py [--only elpv|examples|ablations] [--seeds 0 1 2]
 
 Writes benchmarks/results/recipe.json and .md; cells live under studies/recipe/ (gitignored).
 """
@@ -32,9 +34,14 @@ EXAMPLES = {"digits": 96, "digits-any-orientation": 96}
 PRESETS = ("auto", "natural", "orientation_free", "none")
 
 
-def grid(name: str, seeds: list[int], fractions: list[float], overrides: dict[str, Any]) -> list[dict[str, Any]]:
+FRACTIONS = [0.05, 0.1, 1.0]
+
+
+def grid(
+    name: str, seeds: list[int], fractions: list[float], overrides: dict[str, Any], strategy: str = "finetune"
+) -> list[dict[str, Any]]:
     sets = {
-        "study.strategies": ["finetune"],
+        "study.strategies": [strategy],
         "study.fractions": fractions,
         "study.seeds": seeds,
         "study.four_class": False,

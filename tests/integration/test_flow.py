@@ -93,7 +93,10 @@ def test_new_model_becomes_v2_and_rollback_restores_v1(flow_project: Path) -> No
 
     original = (flow_project / "params.yaml").read_text()
     try:
-        result = training_pipeline(_request(flow_project, overrides={"train.epochs": 1}))
+        # Another model (1 epoch): whether it beats v1 on 40 test images is luck, and the gate is not
+        # what this test is about, so any regression is allowed.
+        overrides = {"train.epochs": 1, "gate.max_regression": 1.0}
+        result = training_pipeline(_request(flow_project, overrides=overrides))
     finally:
         (flow_project / "params.yaml").write_text(original)
     assert result["version"] == 2

@@ -109,3 +109,49 @@ def test_ema_weights_are_validated_and_survive_a_resume(model) -> None:
     resumed = Trainer(model, train, cut=17, compute=CPU, steps_per_epoch=5)
     resumed.load_state_dict(trainer.state_dict())
     assert torch.equal(resumed.evaluation_model.head[2].weight, ema)
+
+
+def test_ema_horizon_is_in_epochs_and_the_average_warms_up() -> None:
+    from transferkit.training.loop import ema_decay, warming_ema
+
+    assert ema_decay(2.0, steps_per_epoch=54) == pytest.approx(1 - 1 / 108)  # ELPV: about 0.99
+    assert ema_decay(2.0, steps_per_epoch=3) == 0.0  # 5 % of ELPV: 6 steps to average, so no EMA
+    averaged, current = [torch.zeros(3)], [torch.ones(3)]
+    warming_ema(0.99)(averaged, current, torch.tensor(1))  # the second update: decay 2/11, not 0.99
+    assert averaged[0].tolist() == pytest.approx([1 - 2 / 11] * 3)
+
+
+def test_temperature_undoes_overconfidence_without_moving_predictions() -> None:
+    import numpy as np
+
+    from transferkit.training.calibration import fit_temperature, nll
+
+    rng = np.random.default_rng(0)
+    calibrated = rng.normal(size=(2000, 3)) * 2
+    labels = np.array([rng.choice(3, p=np.exp(z) / np.exp(z).sum()) for z in calibrated])
+    overconfident = calibrated * 4  # logits whose softmax claims far more than it knows
+    fit = fit_temperature(overconfident, labels)
+    assert fit.temperature == pytest.approx(4, rel=0.15)
+    assert fit.val_nll_after < fit.val_nll_before == pytest.approx(nll(overconfident, labels))
+    assert fit_temperature(calibrated, labels).temperature == pytest.approx(1, rel=0.15)
+
+
+def test_auto_preset_follows_the_data_and_probes_only_user_folders() -> None:
+    from transferkit.config import AugmentParams
+    from transferkit.training.augment import resolve_preset
+    from transferkit.training.orientation import OrientationProbe
+
+    probed = []
+
+    def probe(accuracy: float):
+        return lambda: probed.append(accuracy) or OrientationProbe(accuracy, 256)
+
+    elpv, _ = resolve_preset(AugmentParams(), "elpv", probe(0.9))
+    assert elpv.views == tuple(range(8)) and probed == []  # ELPV: all 8 views, nothing probed
+    photos, why = resolve_preset(AugmentParams(), "imagefolder", probe(0.9))
+    assert photos.views == (0, 1) and why["turned_vs_original_accuracy"] == 0.9  # turned images look turned
+    tiles, _ = resolve_preset(AugmentParams(), "imagefolder", probe(0.5))
+    assert tiles.name == "orientation_free"
+    chosen, why = resolve_preset(AugmentParams(preset="none"), "imagefolder", probe(0.5))
+    assert chosen.views == (0,) and not chosen.jitter and why == {"chosen_by": "train.augment.preset"}
+    assert probed == [0.9, 0.5]

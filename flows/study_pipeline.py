@@ -1,5 +1,8 @@
 """Prefect flow `study`: run `transferkit study` in a project and publish its report as an artifact.
 
+The cells themselves run as tasks of the `study-grid` flow on Dask (a local cluster, or the one at
+``dask_address``).
+
 The study itself skips finished cells and records failed ones, so a retry or a rerun of this
 flow only trains what is missing. The flow fails (after publishing the partial report) when a
 cell failed, naming it.
@@ -23,9 +26,11 @@ from transferkit.config import load_params
 
 
 class StudyRequest(ProjectRequest):
-    """``overrides`` are dotted params (``study.seeds: [0]``), passed on as `-S`."""
+    """``overrides`` are dotted params (``study.seeds: [0]``), passed on as `-S`; ``dask_address``
+    runs the cells on an existing Dask cluster (``tcp://HOST:8786``) instead of a local one."""
 
     jobs: int | None = None
+    dask_address: str | None = None
 
 
 @task(cache_policy=NO_CACHE)
@@ -35,6 +40,8 @@ def run_study_command(project: Path, request: StudyRequest) -> subprocess.Comple
         args += ["-S", f"{key}={json.dumps(value)}"]  # JSON is YAML, which `-S` reads
     if request.jobs:
         args += ["--jobs", str(request.jobs)]
+    if request.dask_address:
+        args += ["--dask-address", request.dask_address]
     return subprocess.run(args, cwd=project, env=orchestration.tool_env(), capture_output=True, text=True)
 
 

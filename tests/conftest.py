@@ -79,13 +79,24 @@ def harness():
         yield
 
 
+@pytest.fixture
+def prefect_env(harness) -> dict[str, str]:
+    """A subprocess environment whose flows report to the session's harness server (no ephemeral
+    server started per command)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**tool_env(), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+
+
 def tool_env() -> dict[str, str]:
     """The pipeline's subprocess environment, with unbuffered output for the logs."""
     return {**orchestration.tool_env(), "PYTHONUNBUFFERED": "1"}
 
 
-def run_tool(args: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
+def run_tool(
+    args: list[str], cwd: Path, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(args, cwd=cwd, env=env or tool_env(), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result

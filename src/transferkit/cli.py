@@ -182,11 +182,17 @@ def _parse_sets(sets: list[str]) -> dict[str, Any]:
     return overrides
 
 
+DaskAddressOption = typer.Option(
+    None, help="run on this existing Dask cluster (tcp://HOST:8786) instead of a local one", metavar="ADDRESS"
+)
+
+
 @app.command()
 def study(
     params: Path = ParamsOption,
     sets: list[str] = typer.Option([], "--set", "-S", help="dotted override KEY=VALUE, e.g. -S study.seeds=[0]"),
-    jobs: int | None = typer.Option(None, min=1, help="cells run in parallel processes [study.jobs]"),
+    jobs: int | None = typer.Option(None, min=1, help="cells in parallel: local Dask workers [study.jobs]"),
+    dask_address: str | None = DaskAddressOption,
     report_only: bool = typer.Option(False, help="rebuild the report from finished cells, train nothing"),
 ) -> None:
     """Run the strategy x data-fraction x seed grid (params `study:`) and write its report."""
@@ -197,7 +203,7 @@ def study(
     command = " ".join(["transferkit study", *(f"-S '{item}'" for item in sets)])
     try:
         resolved = load_params(params, _parse_sets(sets))
-        outcome = None if report_only else run_study(resolved, jobs)
+        outcome = None if report_only else run_study(resolved, jobs, dask_address)
         report = write_report(resolved, command)
     except TransferkitError as error:
         raise _fail(error) from None
@@ -209,6 +215,84 @@ def study(
             highlight=False,
         )
         raise typer.Exit(1)
+
+
+@app.command()
+def tune(
+    params: Path = ParamsOption,
+    sets: list[str] = typer.Option([], "--set", "-S", help="dotted override KEY=VALUE, e.g. -S tune.trials=40"),
+    jobs: int | None = typer.Option(None, min=1, help="trials in parallel: local Dask workers [tune.jobs]"),
+    dask_address: str | None = DaskAddressOption,
+    report_only: bool = typer.Option(False, help="rebuild the report from the journal, run no trial"),
+) -> None:
+    """Search params (`tune:` in params.yaml) with Optuna on the prepared data; write the best as a params file."""
+    from transferkit.config import load_params
+    from transferkit.tuning.report import write_report
+    from transferkit.tuning.search import run_tune
+
+    try:
+        resolved = load_params(params, _parse_sets(sets))
+        if not report_only:
+            run_tune(resolved, jobs, dask_address)
+        summary = write_report(resolved)
+    except TransferkitError as error:
+        raise _fail(error) from None
+    console.print(f"trials: {summary['trials']}; report: {resolved.tune.root}/README.md", highlight=False)
+    if "command" not in summary:
+        console.print("[bold red]error:[/] no trial completed; see the report's table for why")
+        raise typer.Exit(1)
+    console.print(
+        f"best: trial {summary['best_trial']}, {summary['metric']} {summary['best_score']:.4f}, "
+        f"params in {resolved.tune.root}/best_params.yaml. Run the pipeline with them:\n  {summary['command']}",
+        highlight=False,
+    )
+
+
+@app.command("export-triton")
+def export_triton(
+    model: Path | None = typer.Argument(None, help="an exported .onnx (default: the registry's production version)"),
+    registry: str | None = typer.Option(None, help="take the model from this registry name instead of a file"),
+    registry_root: Path = RegistryRoot,
+    version: int | None = typer.Option(None, help="registry version [production]"),
+    repository: Path = typer.Option(Path("triton-models"), "--repository", help="Triton model repository folder"),
+    model_name: str | None = typer.Option(None, help="Triton model name [registry name, or the file's stem]"),
+    triton_version: int | None = typer.Option(None, help="version folder [the registry version, or 1]"),
+    max_batch_size: int = typer.Option(32, min=1),
+    preferred_batch_size: list[int] = typer.Option([8, 16, 32], help="dynamic batching's preferred sizes"),
+    max_queue_delay_us: int = typer.Option(2000, min=0, help="dynamic batching's queue delay"),
+    instance_kind: str = typer.Option("gpu", help="gpu | cpu: where Triton runs the model instances"),
+    storage_uri: str | None = typer.Option(None, help="KServe storageUri of the repository [pvc://models/REPO]"),
+) -> None:
+    """Write a Triton model repository (config.pbtxt + model.onnx) and a KServe InferenceService for a model."""
+    from transferkit.export.triton import TritonOptions
+    from transferkit.export.triton import export_triton as write_repository
+
+    if instance_kind not in ("gpu", "cpu"):
+        raise typer.BadParameter("use gpu or cpu", param_hint="--instance-kind")
+    if (model is None) == (registry is None):
+        raise typer.BadParameter("give a MODEL file or --registry NAME (not both)", param_hint="MODEL")
+    source_version = 1
+    if registry is not None:
+        store = _registry(registry_root, registry)
+        source_version = version or _registry_call(store.production) or 0
+        if not source_version:
+            raise _fail(TransferkitError(f"{registry} has no production version; give --version N"))
+        model = _registry_call(lambda: store.model_path(source_version))
+    model_file = Path(str(model))
+    options = TritonOptions(max_batch_size, tuple(preferred_batch_size), max_queue_delay_us, instance_kind)
+    try:
+        written = write_repository(
+            model_file,
+            repository,
+            model_name or registry or model_file.stem,
+            triton_version or source_version,
+            storage_uri or f"pvc://models/{repository.name}",
+            options,
+        )
+    except TransferkitError as error:
+        raise _fail(error) from None
+    for role, path in written.items():
+        console.print(f"{role}: {path}")
 
 
 Row = list[str]

@@ -196,6 +196,73 @@ class StudyParams(Section):
     jobs: Annotated[int, Field(ge=1)] = 1
 
 
+class SearchDimension(Section):
+    """One searched key: a range (``low``..``high``, on a log scale with ``log: true``; ints stay
+    ints) or a list of ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchDimension:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or not self.choices:
+                raise ValueError("give either non-empty choices or low and high, not both")
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a range needs low < high (got low={self.low}, high={self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0 (got {self.low})")
+        return self
+
+
+# Only these sections may be searched: tuning reuses the pipeline's prepared data.
+TUNABLE_SECTIONS = ("train", "model")
+
+
+class TuneParams(Section):
+    """`transferkit tune`: an Optuna TPE search over dotted ``train.*``/``model.*`` keys.
+
+    Trials optimise the validation score of ``train.selection_metric`` (never the test split),
+    are pruned on it epoch by epoch, and share one study through Optuna's journal file, so
+    workers on several machines can add trials to it.
+    """
+
+    space: dict[str, SearchDimension] = {
+        "train.lr": SearchDimension(low=3e-4, high=3e-3, log=True),
+        "train.backbone_lr_factor": SearchDimension(low=0.1, high=1.0, log=True),
+        "train.label_smoothing": SearchDimension(low=0.0, high=0.2),
+        "train.frozen_units": SearchDimension(choices=[8, 12, 14]),
+    }
+    trials: Annotated[int, Field(ge=1)] = 20
+    jobs: Annotated[int, Field(ge=1)] = 1
+    startup_trials: Annotated[int, Field(ge=0)] = 5
+    prune_after_epochs: Annotated[int, Field(ge=0)] = 2
+    pruning: bool = True
+    enqueue: list[dict[str, Any]] = []
+    overrides: dict[str, Any] = {}
+    seed: int = 0
+    study_name: str = "transferkit"
+    root: str = "tune"
+
+    @model_validator(mode="after")
+    def _tunable_keys(self) -> TuneParams:
+        for key in [*self.space, *(k for trial in self.enqueue for k in trial)]:
+            if key.split(".")[0] not in TUNABLE_SECTIONS or "." not in key:
+                raise ValueError(
+                    f"{key}: only {'/'.join(s + '.*' for s in TUNABLE_SECTIONS)} keys can be tuned "
+                    "(a trial reuses the pipeline's prepared data)"
+                )
+        for trial in self.enqueue:
+            if set(trial) - set(self.space):
+                raise ValueError(
+                    f"enqueued trial {trial} sets keys outside tune.space: {sorted(set(trial) - set(self.space))}"
+                )
+        return self
+
+
 class Params(Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
@@ -205,6 +272,7 @@ class Params(Section):
     export: ExportParams = ExportParams()
     paths: PathParams = PathParams()
     study: StudyParams = StudyParams()
+    tune: TuneParams = TuneParams()
 
     @model_validator(mode="after")
     def _scratch_starts_from_random_weights(self) -> Params:

@@ -1,9 +1,14 @@
-"""The study grid on the shrunk config: a real 2 x 2 x 1 mini-grid, rerun skipping, failure isolation."""
+"""The study grid on the shrunk config: a real 2 x 2 x 1 mini-grid on a 2-worker Dask LocalCluster,
+rerun skipping, failure isolation, and a worker killed mid-cell."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -33,9 +38,10 @@ def study_params(tmp_path: Path, elpv_subset: Path, **study: object) -> Path:
     return file
 
 
-def test_mini_grid_runs_reports_and_skips_finished_cells(tmp_path: Path, elpv_subset: Path) -> None:
+def test_mini_grid_runs_reports_and_skips_finished_cells(tmp_path: Path, elpv_subset: Path, prefect_env) -> None:
     params = study_params(tmp_path, elpv_subset)
-    run_tool([*TRANSFERKIT, "study", "-p", str(params)], REPO)
+    run = run_tool([*TRANSFERKIT, "study", "-p", str(params)], REPO, env=prefect_env)
+    assert "study-grid" in run.stdout + run.stderr  # the cells ran as a Prefect flow
     cells = sorted((tmp_path / "study" / "cells").glob("*/result.json"))
     assert [c.parent.name for c in cells] == [
         "2class-finetune-f0.5-s0",
@@ -54,7 +60,7 @@ def test_mini_grid_runs_reports_and_skips_finished_cells(tmp_path: Path, elpv_su
     assert (tmp_path / "report" / "accuracy_vs_fraction.png").stat().st_size > 10_000
 
     before = [c.stat().st_mtime_ns for c in cells]
-    rerun = run_tool([*TRANSFERKIT, "study", "-p", str(params)], REPO)
+    rerun = run_tool([*TRANSFERKIT, "study", "-p", str(params)], REPO, env=prefect_env)
     assert "4 already done, 0 to run" in rerun.stderr
     assert [c.stat().st_mtime_ns for c in cells] == before
 
@@ -64,10 +70,10 @@ def test_mini_grid_runs_reports_and_skips_finished_cells(tmp_path: Path, elpv_su
     assert changed.returncode == 2 and "different params" in changed.stderr
 
 
-def test_a_failed_cell_keeps_the_others(tmp_path: Path, elpv_subset: Path) -> None:
+def test_a_failed_cell_keeps_the_others(tmp_path: Path, elpv_subset: Path, prefect_env) -> None:
     # 1 % of ~100 training images cannot hold both classes: that cell fails, the other one runs.
     params = study_params(tmp_path, elpv_subset, strategies=["linear"], fractions=[0.01, 1.0], jobs=1)
-    result = run_tool([*TRANSFERKIT, "study", "-p", str(params)], REPO, check=False)
+    result = run_tool([*TRANSFERKIT, "study", "-p", str(params)], REPO, check=False, env=prefect_env)
     assert result.returncode == 1 and "1 cell(s) failed (2class-linear-f0.01-s0)" in result.stderr
     cells = tmp_path / "study" / "cells"
     assert (cells / "2class-linear-f1-s0" / "result.json").is_file()
@@ -80,3 +86,38 @@ def test_report_only_without_cells_says_what_to_do(tmp_path: Path, elpv_subset: 
         [*TRANSFERKIT, "study", "-p", str(study_params(tmp_path, elpv_subset)), "--report-only"], REPO, False
     )
     assert result.returncode == 2 and "run `transferkit study` first" in result.stderr
+
+
+def test_a_worker_killed_mid_cell_and_the_grid_still_completes(tmp_path: Path, elpv_subset: Path, prefect_env) -> None:
+    """An existing cluster (``--dask-address``): one worker is SIGKILLed while it trains a cell; Dask
+    reruns that cell on a live worker, and every cell ends with exactly one result."""
+    from distributed import Client, LocalCluster
+
+    params = study_params(tmp_path, elpv_subset, fractions=[1.0], overrides={"train.epochs": 2})
+    cells = tmp_path / "study" / "cells"
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        study = subprocess.Popen(
+            [*TRANSFERKIT, "study", "-p", str(params), "--dask-address", cluster.scheduler_address],
+            cwd=REPO,
+            env=prefect_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 240
+        while not any(cells.glob("*/train")) and study.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # a cell has begun training (dvclive opened its folder)
+        busy = [worker for worker, keys in client.processing().items() if keys]
+        assert busy, "no worker was running a cell"
+        victim = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+        os.kill(victim, signal.SIGKILL)
+        output, _ = study.communicate(timeout=400)
+        assert study.returncode == 0, output
+        assert victim not in client.run(os.getpid).values()  # the nanny replaced the dead worker
+    results = sorted(path.parent.name for path in cells.glob("*/result.json"))
+    assert results == ["2class-finetune-f1-s0", "2class-linear-f1-s0"]
+    assert not list(cells.glob("*/error.json"))
+    assert all(json.loads((cells / name / "result.json").read_text())["epochs_run"] == 2 for name in results)

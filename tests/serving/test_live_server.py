@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+import yaml
 
 from tests.conftest import REPO, run_tool, tool_env
 from tests.serving.conftest import CLASSES, IMAGE_SIZE
@@ -162,3 +164,78 @@ def test_several_workers_build_their_app_from_the_environment(model_a: Path, cel
             assert client.model()["classes"] == CLASSES
     finally:
         stop(server)
+
+
+def test_triton_repository_matches_the_model_and_one_client_drives_our_server(
+    live: str, model_a: Path, cells: list[Path], tmp_path: Path
+) -> None:
+    """`export-triton` writes a config Triton's own schema parses, every field agreeing with the ONNX
+    model; tritonclient then runs our server knowing nothing but that config."""
+    import onnx
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from transferkit.export.contract import read_metadata
+
+    repo = tmp_path / "triton"
+    run_tool(
+        [
+            *TRANSFERKIT,
+            *("export-triton", str(model_a), "--repository", str(repo), "--max-batch-size", "8"),
+            *("--preferred-batch-size", "4", "--preferred-batch-size", "8", "--storage-uri", "s3://bucket/triton"),
+        ],
+        cwd=REPO,
+    )
+    config = text_format.Parse((repo / "model" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert (repo / "model" / "1" / "model.onnx").read_bytes() == model_a.read_bytes()
+    graph = onnx.load(str(model_a)).graph
+    dtypes = {onnx.TensorProto.UINT8: model_config_pb2.TYPE_UINT8, onnx.TensorProto.FLOAT: model_config_pb2.TYPE_FP32}
+    assert (config.name, config.platform, config.max_batch_size) == ("model", "onnxruntime_onnx", 8)
+    for declared, actual in [(config.input, graph.input), (config.output, graph.output)]:
+        assert [t.name for t in declared] == [v.name for v in actual]
+        for tensor, value in zip(declared, actual, strict=True):
+            assert tensor.data_type == dtypes[value.type.tensor_type.elem_type]
+            assert list(tensor.dims) == [d.dim_value for d in value.type.tensor_type.shape.dim[1:]]
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
+    metadata = {key.removeprefix("transferkit."): json.loads(p.string_value) for key, p in config.parameters.items()}
+    assert metadata == read_metadata(model_a)
+    service = yaml.safe_load((repo / "inferenceservice.yaml").read_text())
+    assert service["kind"] == "InferenceService"
+    assert service["spec"]["predictor"]["model"] == {
+        "modelFormat": {"name": "onnx"},
+        "protocolVersion": "v2",
+        "storageUri": "s3://bucket/triton",
+        "resources": {"limits": {"nvidia.com/gpu": "1"}},
+    }
+
+    client = triton.InferenceServerClient(live.removeprefix("http://"))
+    (images_spec,) = config.input
+    batch = config.dynamic_batching.preferred_batch_size[0]
+    side = images_spec.dims[-1]
+    images = np.stack([load_for_model(path, side, "bilinear") for path in cells[:batch]])
+    datatype = model_config_pb2.DataType.Name(images_spec.data_type).removeprefix("TYPE_")
+    tensor = triton.InferInput(images_spec.name, [batch, *images_spec.dims], datatype)
+    tensor.set_data_from_numpy(images)
+    result = client.infer(config.name, [tensor], outputs=[triton.InferRequestedOutput(o.name) for o in config.output])
+    for output in config.output:
+        assert list(result.as_numpy(output.name).shape) == [batch, *output.dims]
+    assert np.allclose(result.as_numpy("probabilities").sum(1), 1.0, atol=1e-5)
+
+
+def test_triton_export_refuses_to_overwrite_a_served_version(model_a: Path, model_b: Path, tmp_path: Path) -> None:
+    from transferkit.errors import ExportError
+    from transferkit.export.triton import TritonOptions, export_triton
+
+    repo = tmp_path / "triton"
+    export_triton(model_a, repo, "defects", 1, "pvc://models/triton", TritonOptions())
+    with pytest.raises(ExportError, match="already holds a different model"):
+        export_triton(model_b, repo, "defects", 1, "pvc://models/triton", TritonOptions())
+    assert (repo / "defects" / "1" / "model.onnx").read_bytes() == model_a.read_bytes()
+    export_triton(model_b, repo, "defects", 2, "pvc://models/triton", TritonOptions())  # a new version is fine
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(ExportError, match=r"cannot read .* as an ONNX model"):
+        export_triton(broken, repo, "defects", 3, "pvc://models/triton", TritonOptions())
+    assert not (repo / "defects" / "3").exists()

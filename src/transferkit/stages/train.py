@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from transferkit.training.feature_cache import (
     torch_trunk,
     trunk_onnx,
 )
-from transferkit.training.loop import Batches, Trainer, class_weights, predict_logits
+from transferkit.training.loop import Batches, EpochRecord, Trainer, class_weights, predict_logits
 from transferkit.training.orientation import PROBE_IMAGES, OrientationProbe, probe_orientation
 from transferkit.training.strategies import cut_index
 
@@ -149,7 +150,9 @@ def _resume(trainer: Trainer, model: ImageClassifier, last: Path, fingerprint: s
     return True
 
 
-def run(params: Params) -> dict[str, Any]:
+def run(params: Params, on_epoch: Callable[[EpochRecord], None] | None = None) -> dict[str, Any]:
+    """Train, keep the best epoch, calibrate. ``on_epoch`` sees every finished epoch (a tuning
+    trial reports it to Optuna there, and stops the run by raising when the trial is pruned)."""
     started = time.perf_counter()
     threads = configure_threads(params.train.num_threads)
     compute = Compute.from_params(params.train)
@@ -188,6 +191,8 @@ def run(params: Params) -> dict[str, Any]:
             if record.is_best:
                 save_checkpoint(checkpoints / BEST, trainer.evaluation_model, meta)
             save_checkpoint(checkpoints / LAST, model, meta, trainer=trainer.state_dict())
+            if on_epoch is not None:
+                on_epoch(record)
         best = load_checkpoint(checkpoints / BEST)
         calibration = calibrate(params, model_with(best, model), val_batches, cut, compute)
         history = [asdict(r) for r in trainer.history]

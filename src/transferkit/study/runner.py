@@ -1,23 +1,26 @@
 """Run the study's cells: finished cells are skipped, failed cells are recorded, others go on.
 
-Each cell writes ``result.json`` (or ``error.json``) into its own folder only after it ends, by
-rename, so an interrupted study resumes with the cells it did not finish. ``jobs`` > 1 runs
-cells in separate processes (spawned: a forked PyTorch is not safe).
+Each cell is a Prefect task on Dask (``transferkit.dask_runner``): a local cluster of ``jobs``
+worker processes, or the cluster at ``dask_address``. A cell is self-contained: it reads the
+prepared data and writes ``result.json`` (or ``error.json``) into its own folder only after it
+ends, by rename. So a cell whose worker dies is simply run again (by Dask on another worker, or
+by the task's retries), and an interrupted study resumes with the cells it did not finish.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed
 from tqdm import tqdm
 
 from transferkit.config import Params
+from transferkit.dask_runner import dask_task_runner, shared_prefect_api, threads_per_job
 from transferkit.io import write_json
 from transferkit.reporting import console
 from transferkit.stages import evaluate, prepare, train
@@ -73,41 +76,49 @@ def prepare_tasks(base: dict[str, Any], cells: list[Cell], root: Path) -> None:
             marker.write_text("prepared\n")
 
 
-def run_study(params: Params, jobs: int | None = None) -> StudyRun:
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, task_run_name="cell {cell.name}")
+def cell_task(base: dict[str, Any], cell: Cell, root: str, threads: int | None) -> tuple[str, str | None]:
+    """One cell on a Dask worker. A cell's own failure is recorded, not raised, so the retries
+    only ever rerun a cell whose worker or connection was lost."""
+    return run_cell(base, cell, Path(root), threads)
+
+
+@flow(name="study-grid")
+def study_grid(base: dict[str, Any], cells: list[Cell], root: str, threads: int | None) -> StudyRun:
+    # Only module-level names here: Dask pickles this function (with the flow run's context) by value.
+    return collect([cell_task.submit(base, cell, root, threads) for cell in cells])
+
+
+def collect(futures: list[PrefectFuture[tuple[str, str | None]]]) -> StudyRun:
+    """Wait for the cells as they finish, with a progress bar; failed cells are named, not raised."""
+    outcome = StudyRun()
+    with tqdm(total=len(futures), desc="study cells", unit="cell") as progress:
+        for future in as_completed(futures):
+            name, error = future.result()
+            if error is None:
+                outcome.done.append(name)
+            else:
+                outcome.failed[name] = error
+                console.print(f"[yellow]cell {name} failed: {error}[/]", highlight=False)
+            progress.update()
+    return outcome
+
+
+def run_study(params: Params, jobs: int | None = None, dask_address: str | None = None) -> StudyRun:
     root = Path(params.study.root)
     base = base_raw(params)
     claim_root(root, base)
     cells = study_cells(params.study)
-    outcome = StudyRun()
-    pending = []
-    for cell in cells:
-        if (root / "cells" / cell.name / RESULT).is_file():
-            outcome.skipped.append(cell.name)
-        else:
-            pending.append(cell)
-    console.print(f"study {root}: {len(cells)} cells, {len(outcome.skipped)} already done, {len(pending)} to run")
+    pending = [cell for cell in cells if not (root / "cells" / cell.name / RESULT).is_file()]
+    skipped = [cell.name for cell in cells if cell not in pending]
+    console.print(f"study {root}: {len(cells)} cells, {len(skipped)} already done, {len(pending)} to run")
     if not pending:
-        return outcome
+        return StudyRun(skipped=skipped)
     prepare_tasks(base, pending, root)
     workers = min(jobs or params.study.jobs, len(pending))
-    threads = None if workers == 1 else max(1, (os.cpu_count() or 1) // workers)
-    with tqdm(total=len(pending), desc="study cells", unit="cell") as progress:
-        if workers == 1:
-            finished = (run_cell(base, cell, root, threads) for cell in pending)
-            _collect(finished, outcome, progress)
-        else:
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
-                futures = [pool.submit(run_cell, base, cell, root, threads) for cell in pending]
-                _collect((future.result() for future in as_completed(futures)), outcome, progress)
+    runner = dask_task_runner(workers, dask_address)
+    with shared_prefect_api():
+        grid = study_grid.with_options(task_runner=runner)
+        outcome = grid(base, pending, str(root.resolve()), threads_per_job(workers, dask_address))
+    outcome.skipped = skipped
     return outcome
-
-
-def _collect(finished: Any, outcome: StudyRun, progress: tqdm) -> None:
-    for name, error in finished:
-        if error is None:
-            outcome.done.append(name)
-        else:
-            outcome.failed[name] = error
-            console.print(f"[yellow]cell {name} failed: {error}[/]", highlight=False)
-        progress.update()

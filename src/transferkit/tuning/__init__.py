@@ -1,0 +1,1 @@
+"""`transferkit tune`: Optuna search over the pipeline's params, trials on Dask."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from sklearn.model_selection import train_test_split
 
 from transferkit.config import Params
 from transferkit.data.cache import PreparedData
+from transferkit.errors import ConfigError
 from transferkit.evaluation.plots import training_curves_figure
 from transferkit.models.classifier import ImageClassifier, build_classifier
 from transferkit.stages.common import configure_threads, console, main
@@ -31,6 +32,7 @@ from transferkit.training.batches import FeatureBatches, ImageBatches
 from transferkit.training.calibration import Calibration, fit_temperature, uncalibrated
 from transferkit.training.checkpoint import MODEL, load_checkpoint, save_checkpoint
 from transferkit.training.compute import Compute
+from transferkit.training.distributed import World
 from transferkit.training.feature_cache import (
     FeatureCache,
     compute_features,
@@ -75,8 +77,16 @@ def checkpoint_meta(
     }
 
 
-def _use_feature_cache(params: Params, compute: Compute, cut: int) -> bool:
+def _use_feature_cache(params: Params, compute: Compute, cut: int, world: World) -> bool:
+    """The CPU path caches the frozen units' output; under torchrun every process trains end to end."""
     if cut == 0 or params.train.feature_cache == "off":
+        return False
+    if world.distributed:
+        if params.train.feature_cache == "on":
+            raise ConfigError(
+                "train.feature_cache: on trains in one process; under torchrun set it to auto or off "
+                "(each process then trains the network end to end)"
+            )
         return False
     return params.train.feature_cache == "on" or compute.device.type == "cpu"
 
@@ -89,6 +99,7 @@ def build_batches(
     compute: Compute,
     threads: int,
     preset: Preset,
+    world: World,
 ) -> tuple[Batches, Batches]:
     train_idx = training_indices(prepared, params.train.fraction, params.train.seed)
     val_idx = prepared.indices("val")
@@ -96,11 +107,11 @@ def build_batches(
     val_labels = torch.from_numpy(prepared.labels(val_idx))
     model.eval()
     batch, seed = params.train.batch_size, params.train.seed
-    if not _use_feature_cache(params, compute, cut):
+    if not _use_feature_cache(params, compute, cut, world):
         trunk = torch_trunk(model, cut, compute)
         augment = (preset, build_transform(params.train.augment, preset))
         return (
-            ImageBatches(prepared.images_chw(train_idx), train_labels, batch, seed, trunk, augment),
+            ImageBatches(prepared.images_chw(train_idx), train_labels, batch, seed, trunk, augment, world),
             ImageBatches(prepared.images_chw(val_idx), val_labels, batch, seed, trunk),
         )
     graph = trunk_onnx(model, cut, prepared.image_size)
@@ -152,10 +163,23 @@ def _resume(trainer: Trainer, model: ImageClassifier, last: Path, fingerprint: s
 
 def run(params: Params, on_epoch: Callable[[EpochRecord], None] | None = None) -> dict[str, Any]:
     """Train, keep the best epoch, calibrate. ``on_epoch`` sees every finished epoch (a tuning
-    trial reports it to Optuna there, and stops the run by raising when the trial is pruned)."""
+    trial reports it to Optuna there, and stops the run by raising when the trial is pruned).
+
+    Under ``torchrun`` this process is one rank of a data-parallel run (training/distributed.py).
+    """
+    world = World.from_env()
+    try:
+        return _run(params, on_epoch, world)
+    finally:
+        world.stop()
+
+
+def _run(params: Params, on_epoch: Callable[[EpochRecord], None] | None, world: World) -> dict[str, Any]:
     started = time.perf_counter()
-    threads = configure_threads(params.train.num_threads)
+    threads = configure_threads(params.train.num_threads or world.cores_per_process)
     compute = Compute.from_params(params.train)
+    compute = replace(compute, device=world.device(compute.device))
+    world.start(compute.device.type, params.train.batch_size)
     prepared = PreparedData.load(params.paths.prepared)
     torch.manual_seed(params.train.seed)
     model = build_classifier(
@@ -166,15 +190,20 @@ def run(params: Params, on_epoch: Callable[[EpochRecord], None] | None = None) -
         params.train.augment, prepared.meta["source"], lambda: orientation(params, prepared, model, threads)
     )
     console.print(f"augmentation preset {preset.name} ({preset_choice})", highlight=False)
-    train_batches, val_batches = build_batches(params, prepared, model, cut, compute, threads, preset)
+    train_batches, val_batches = build_batches(params, prepared, model, cut, compute, threads, preset, world)
     weights = class_weights(train_batches.labels.numpy(), len(prepared.class_names), params.train.class_weighting)
     steps = -(-len(train_batches) // params.train.batch_size)
-    trainer = Trainer(model, params.train, cut, compute, steps, weights)
+    trainer = Trainer(model, params.train, cut, compute, steps, weights, world)
 
     meta = checkpoint_meta(params, prepared, model, cut, preset)
     meta["fingerprint"] = meta["params_hash"] + meta["data_hash"]
     checkpoints = Path(params.paths.checkpoints)
     _resume(trainer, model, checkpoints / LAST, meta["fingerprint"])
+    if not world.is_main:  # the other ranks train their share; rank 0 writes everything
+        while not trainer.should_stop():
+            trainer.run_epoch(trainer.next_epoch, train_batches, val_batches)
+        world.barrier()
+        return {"rank": world.rank, "epochs_run": len(trainer.history)}
 
     with Live(dir=params.paths.train_reports, save_dvc_exp=False, dvcyaml=None, report=None) as live:
         for record in trainer.history:  # replay a resumed run so the curves are complete
@@ -193,6 +222,7 @@ def run(params: Params, on_epoch: Callable[[EpochRecord], None] | None = None) -
             save_checkpoint(checkpoints / LAST, model, meta, trainer=trainer.state_dict())
             if on_epoch is not None:
                 on_epoch(record)
+        world.barrier()
         best = load_checkpoint(checkpoints / BEST)
         calibration = calibrate(params, model_with(best, model), val_batches, cut, compute)
         history = [asdict(r) for r in trainer.history]
@@ -206,6 +236,7 @@ def run(params: Params, on_epoch: Callable[[EpochRecord], None] | None = None) -
             "train_images": len(train_batches),
             "train_seconds": round(time.perf_counter() - started, 1),
             "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 1),
+            "processes": world.size,
             **compute.describe(),
             "feature_cache": isinstance(train_batches, FeatureBatches),
             "augment_preset": preset.name,

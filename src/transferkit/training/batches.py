@@ -12,6 +12,7 @@ import torch
 from torchvision.transforms import v2
 
 from transferkit.training.augment import Preset, augment_batch
+from transferkit.training.distributed import World
 from transferkit.training.feature_cache import TrunkFn
 
 
@@ -41,7 +42,10 @@ class FeatureBatches:
 
 
 class ImageBatches:
-    """uint8 images, augmented on the fly when training, then run through the frozen trunk."""
+    """uint8 images, augmented on the fly when training, then run through the frozen trunk.
+
+    With a ``world`` of several processes, training epochs yield only this rank's share.
+    """
 
     def __init__(
         self,
@@ -51,16 +55,20 @@ class ImageBatches:
         seed: int,
         trunk: TrunkFn,
         augment: tuple[Preset, v2.Transform] | None = None,
+        world: World | None = None,
     ) -> None:
         self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
-        self.trunk, self.augment = trunk, augment
+        self.trunk, self.augment, self.world = trunk, augment, world
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def batches(self, epoch: int, shuffle: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order, _ = _order(len(self), self.seed, epoch, shuffle)
-        for chunk in order.split(self.batch_size):
+        batch_size = self.batch_size
+        if shuffle and self.world is not None:  # training under torchrun: this rank's share of each batch
+            order, batch_size = self.world.shard(order), batch_size // self.world.size
+        for chunk in order.split(batch_size):
             images = self.images[chunk]
             if shuffle and self.augment is not None:
                 images = augment_batch(images, *self.augment)

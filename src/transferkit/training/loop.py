@@ -23,6 +23,7 @@ from tqdm import tqdm
 from transferkit.config import TrainParams
 from transferkit.models.classifier import ImageClassifier
 from transferkit.training.compute import Compute
+from transferkit.training.distributed import World, trainable_top
 from transferkit.training.strategies import lowest_trainable, param_groups, set_trainable
 
 
@@ -115,12 +116,14 @@ class Trainer:
     compute: Compute
     steps_per_epoch: int
     weights: torch.Tensor | None = None
+    world: World = field(default_factory=World)
     history: list[EpochRecord] = field(default_factory=list)
     best_score: float = -math.inf
     best_epoch: int = -1
 
     def __post_init__(self) -> None:
         self.compute.place_model(self.model)
+        self.top = trainable_top(self.model, self.cut, self.world)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, self.params, self.cut))
         self.scheduler = build_scheduler(
             self.optimizer, self.params.warmup_epochs, self.steps_per_epoch, self.params.epochs
@@ -174,7 +177,7 @@ class Trainer:
         """One optimiser step on a batch that starts at unit ``cut``; returns the batch loss."""
         inputs, labels = self.compute.to_device(inputs), labels.to(self.compute.device)
         with self.compute.autocast():
-            loss = self.criterion(self.model.forward_top(inputs, self.cut).float(), labels)
+            loss = self.criterion(self.top(inputs).float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -188,9 +191,14 @@ class Trainer:
         lowest = lowest_trainable(self.params, self.model.num_units, epoch)
         self.model.train()
         set_trainable(self.model, lowest)
+        self.top = trainable_top(self.model, self.cut, self.world)
         total_loss, seen, started = 0.0, 0, time.perf_counter()
         with tqdm(
-            total=len(train), desc=f"epoch {epoch + 1}/{self.params.epochs}", unit="img", dynamic_ncols=True
+            total=len(train),
+            desc=f"epoch {epoch + 1}/{self.params.epochs}",
+            unit="img",
+            dynamic_ncols=True,
+            disable=not self.world.is_main,
         ) as bar:
             for inputs, labels in train.batches(epoch, shuffle=True):
                 loss = self.train_step(inputs, labels)
@@ -198,6 +206,7 @@ class Trainer:
                 seen += len(labels)
                 bar.update(len(labels))
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        total_loss, seen = self.world.total(total_loss, seen)  # every rank's share of the epoch
         throughput = seen / max(time.perf_counter() - started, 1e-9)
         val_loss, accuracy, macro_f1 = self.validate(val)
         record = EpochRecord(

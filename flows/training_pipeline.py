@@ -25,7 +25,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.tasks import exponential_backoff
 from pydantic import Field
 
-from flows.requests import ProjectRequest
+from flows.run_requests import ProjectRequest
 from transferkit import orchestration
 from transferkit.config import Params, Strategy
 from transferkit.orchestration import STAGES, TransientError

@@ -12,7 +12,10 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import dask
+from distributed import LocalCluster
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
@@ -28,7 +31,7 @@ def dask_task_runner(workers: int, address: str | None = None) -> DaskTaskRunner
             )
         return DaskTaskRunner(address=address)
     return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
+        cluster_class=local_cluster,
         cluster_kwargs={
             "n_workers": workers,
             "threads_per_worker": 1,
@@ -37,6 +40,19 @@ def dask_task_runner(workers: int, address: str | None = None) -> DaskTaskRunner
             "silence_logs": logging.ERROR,
         },
     )
+
+
+# Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=64 KiB (so that pandas-style workloads
+# return memory). PyTorch training then spends about half its CPU time in the kernel re-faulting
+# freed pages: a finetune cell ran 2x slower than in-process (benchmarks/dask_overhead.py).
+# Unset, glibc's own adaptive threshold applies, as in any other process.
+WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+
+def local_cluster(**kwargs: Any) -> LocalCluster:
+    """A ``LocalCluster`` whose worker processes keep glibc's default memory trimming."""
+    with dask.config.set(WORKER_ENVIRON):
+        return LocalCluster(**kwargs)
 
 
 def threads_per_job(workers: int, address: str | None) -> int | None:

@@ -20,8 +20,10 @@ from transferkit.stages import evaluate, prepare
 from transferkit.training.checkpoint import MODEL, load_checkpoint
 
 pytestmark = pytest.mark.slow
-# Per-epoch mean training loss (about 0.7 falling to 0.6 here) may differ by this much: the
-# seed-to-seed spread of one-process runs on this config (benchmarks/distributed.py).
+# Per-epoch mean training loss (about 0.7 falling to 0.6) may differ by this much. On full ELPV the
+# 1-vs-2-process gap (0.018) stays under the seed-to-seed spread of one process (0.023;
+# benchmarks/torchrun_training.py); on this ~100-image subset an epoch averages 7 batches and the gap
+# measured 0.05, hence twice that.
 LOSS_TOLERANCE = 0.1
 
 

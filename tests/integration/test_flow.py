@@ -157,18 +157,30 @@ def test_missing_data_without_remote_says_which_command_fixes_it(tmp_path: Path)
         orchestration.sync_data(tmp_path, "data/raw/elpv")
 
 
-def test_nightly_deployment_carries_cron_and_parameters() -> None:
-    from flows.deploy import NIGHTLY_CRON, nightly_deployment
-    from flows.training_pipeline import TrainingRequest
+def test_prefect_yaml_declares_each_flow_on_both_pools_at_the_deployed_commit() -> None:
+    """Every deployment's entrypoint loads a flow, the nightly ones carry the cron, and each run
+    clones the revision recorded at deploy time."""
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
 
-    deployment = nightly_deployment(TrainingRequest(registry="cells"))
-    assert deployment.name == "nightly-retrain"
-    assert deployment.schedules[0].schedule.cron == NIGHTLY_CRON == "0 2 * * *"
-    assert deployment.parameters["request"]["registry"] == "cells"
+    from tests.conftest import REPO
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert set(deployments) == {f"{n}{s}" for n in ("nightly-retrain", "strategy-study", "tune") for s in ("", "-gpu")}
+    for name, deployment in deployments.items():
+        flow = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]))
+        assert flow.name in {"training_pipeline", "study", "tune"}
+        pool = "transferkit-gpu" if name.endswith("-gpu") else "transferkit-process"
+        assert deployment["work_pool"]["name"] == pool
+    assert deployments["nightly-retrain"]["schedules"][0]["cron"] == "0 2 * * *"
+    assert deployments["nightly-retrain-gpu"]["work_pool"]["job_variables"]["gpus"] == 1
+    clone = spec["pull"][0]["prefect.deployments.steps.git_clone"]
+    assert clone["commit_sha"] == "{{ revision.stdout }}"
+    assert spec["build"][0]["prefect.deployments.steps.run_shell_script"]["script"] == "git rev-parse HEAD"
 
 
 def test_study_flow_runs_cells_and_publishes_the_report(tmp_path: Path, elpv_subset: Path, harness) -> None:
-    from flows.deploy import study_deployment
     from flows.study_pipeline import StudyRequest, study_pipeline
     from prefect.artifacts import Artifact
 
@@ -182,4 +194,3 @@ def test_study_flow_runs_cells_and_publishes_the_report(tmp_path: Path, elpv_sub
     assert study_pipeline(request) == {"report": str(tmp_path / "report" / "README.md"), "cells": 2}
 
     assert "| 2-class | linear | 1 | 1 |" in Artifact.get("study-report").data
-    assert study_deployment().name == "strategy-study"

@@ -1,4 +1,4 @@
-"""Smoke test of the documented loop: `prefect server start`, serve the deployment, run it.
+"""The documented loop: `prefect server start`, `prefect deploy --all` from prefect.yaml, a process worker.
 
 Everything on 127.0.0.1, bounded in time; the server and the serving process are killed at the end.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, make_project, tool_env
+from tests.conftest import REPO, commit_tracked_data, make_project, run_tool, tool_env
 from transferkit.registry import Registry
 
 pytestmark = pytest.mark.slow
@@ -66,42 +67,74 @@ def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
         server.wait(timeout=30)
 
 
-def test_served_deployment_runs_the_pipeline_and_promotes(prefect_server, tmp_path: Path, elpv_subset) -> None:
+def prefect(env: dict[str, str], cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "prefect", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"prefect {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def deployable_project(tmp_path: Path, elpv_subset: Path) -> Path:
+    """A committed copy of the project with its prefect.yaml, flows and data in a DVC remote, as a
+    repository a worker anywhere could clone and `dvc pull`."""
     project = make_project(tmp_path, elpv_subset)
-    serving = _start([sys.executable, "-m", "flows.deploy"], prefect_server, tmp_path / "serve.log")
+    for name in ("flows", "deploy"):
+        shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "prefect.yaml", project / "prefect.yaml")
+    run_tool(["dvc", "remote", "add", "-d", "-f", "store", str(tmp_path / "dvc-remote")], project)
+    commit_tracked_data(project)
+    run_tool(["dvc", "push", "-q"], project)
+    return project
+
+
+def test_prefect_yaml_registers_every_deployment_and_a_process_worker_runs_one(
+    prefect_server, tmp_path: Path, elpv_subset
+) -> None:
+    """`prefect deploy --all` against a real server (both work pools), then a process worker runs the
+    nightly retrain from a clone of the deployed commit: data pulled from the DVC remote, model promoted."""
+    project = deployable_project(tmp_path, elpv_subset)
+    prefect(prefect_server, project, "work-pool", "create", "transferkit-process", "--type", "process")
+    template = str(project / "deploy" / "kubernetes-gpu-job-template.json")
+    prefect(
+        prefect_server,
+        project,
+        "work-pool",
+        "create",
+        "transferkit-gpu",
+        "--type",
+        "kubernetes",
+        "--base-job-template",
+        template,
+    )
+    env = {**prefect_server, "TRANSFERKIT_IMAGE": "registry.example/transferkit:test"}
+    prefect(env, project, "--no-prompt", "deploy", "--all")
+    listed = prefect(prefect_server, project, "deployment", "ls").stdout
+    for name in ("nightly-retrain", "strategy-study", "tune"):
+        assert name in listed and f"{name}-gpu" in listed
+
+    worker = _start(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "transferkit-process"],
+        prefect_server,
+        tmp_path / "worker.log",
+    )
+    registry = tmp_path / "registry"
     try:
-        request = {"request": {"project_dir": str(project), "registry": "cells"}}
-        deadline = time.monotonic() + 60
-        while True:  # the deployment exists once `serve` has registered it
-            run = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "prefect",
-                    "deployment",
-                    "run",
-                    "training_pipeline/nightly-retrain",
-                    "--params",
-                    json.dumps(request),
-                    "--watch",
-                    "--watch-timeout",
-                    "400",
-                ],
-                cwd=REPO,
-                env=prefect_server,
-                capture_output=True,
-                text=True,
-                timeout=480,
-            )
-            if run.returncode == 0 or "not found" not in (run.stdout + run.stderr).lower():
-                break
-            if time.monotonic() > deadline:
-                break
-            time.sleep(2)
-        output = run.stdout + run.stderr
-        assert run.returncode == 0, output + (tmp_path / "serve.log").read_text()[-3000:]
-        assert "Completed" in output
+        request = {"request": {"registry": "cells", "registry_root": str(registry)}}
+        run = prefect(
+            prefect_server,
+            project,
+            *("deployment", "run", "training_pipeline/nightly-retrain", "--params", json.dumps(request)),
+            *("--watch", "--watch-timeout", "400"),
+            timeout=480,
+        )
+        assert "Completed" in run.stdout + run.stderr
     finally:
-        os.killpg(serving.pid, signal.SIGTERM)
-        serving.wait(timeout=30)
-    assert Registry(project / "models/registry", "cells").production() == 1
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+    log = (tmp_path / "worker.log").read_text()
+    assert "Executing deployment step: git_clone" in log
+    assert Registry(registry, "cells").production() == 1
+    lineage = Registry(registry, "cells").show(1)["lineage"]
+    head = run_tool(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert lineage["git_commit"] == head  # the run trained the deployed commit

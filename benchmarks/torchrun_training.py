@@ -5,9 +5,9 @@ batch (32) and epochs; seeds alternate between the two set-ups. Reports the vali
 throughput, and how far apart the loss curves are: 1 vs 2 processes at the same seed, against
 the seed-to-seed spread of single-process runs (the noise that a "match" is judged by).
 
-    PYTHONPATH=benchmarks:. .venv/bin/python benchmarks/distributed.py [--seeds 0 1 2] [--epochs 3]
+    PYTHONPATH=benchmarks:. .venv/bin/python benchmarks/torchrun_training.py [--seeds 0 1 2] [--epochs 3]
 
-Writes benchmarks/results/distributed.json and .md.
+Writes benchmarks/results/torchrun_training.json and .md.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def main() -> None:
         f"| largest per-epoch train-loss gap, 1 vs 2 processes, same seed | - | {max(same_seed):.4f} |",
         f"| largest per-epoch train-loss gap between seeds, 1 process | {max(across_seeds):.4f} | - |",
     ]
-    write_results("distributed", result, lines)
+    write_results("torchrun_training", result, lines)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import REPO, commit_tracked_data, make_project, run_tool, tool_env
@@ -109,9 +110,11 @@ def test_prefect_yaml_registers_every_deployment_and_a_process_worker_runs_one(
     )
     env = {**prefect_server, "TRANSFERKIT_IMAGE": "registry.example/transferkit:test"}
     prefect(env, project, "--no-prompt", "deploy", "--all")
-    listed = prefect(prefect_server, project, "deployment", "ls").stdout
-    for name in ("nightly-retrain", "strategy-study", "tune"):
-        assert name in listed and f"{name}-gpu" in listed
+    answer = httpx.post(f"{prefect_server['PREFECT_API_URL']}/deployments/filter", json={}, timeout=30)
+    registered = {d["name"]: d for d in answer.json()}
+    assert set(registered) == {f"{n}{s}" for n in ("nightly-retrain", "strategy-study", "tune") for s in ("", "-gpu")}
+    assert registered["tune-gpu"]["work_pool_name"] == "transferkit-gpu"
+    assert registered["tune-gpu"]["job_variables"]["image"] == "registry.example/transferkit:test"
 
     worker = _start(
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", "transferkit-process"],

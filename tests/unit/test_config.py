@@ -21,12 +21,13 @@ def test_repository_params_file_is_valid_and_complete() -> None:
 def test_params_file_and_code_defaults_are_one_recipe() -> None:
     """A library caller (``Params()``) gets exactly the pipeline's recipe, key for key."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    in_file = load_params(REPO / "params.yaml").model_dump(mode="json")  # the file's values, validated
     defaults = Params().model_dump(mode="json")
     differing = {
-        f"{section}.{key}": (value, raw.get(section, {}).get(key, "(missing)"))
+        f"{section}.{key}": (value, in_file[section][key] if key in raw.get(section, {}) else "(missing)")
         for section, values in defaults.items()
         for key, value in values.items()
-        if raw.get(section, {}).get(key, "(missing)") != value
+        if key not in raw.get(section, {}) or in_file[section][key] != value
     }
     assert not differing, f"params.yaml vs config.py defaults (code, file): {differing}"
 

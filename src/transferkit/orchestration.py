@@ -110,10 +110,16 @@ def sync_data(project: Path, data_path: str) -> str:
         pulled = run_dvc(project, "pull", str(pointer.relative_to(project)))
         if pulled.returncode != 0:
             detail = (pulled.stderr or pulled.stdout).strip().splitlines()[-1:] or ["no output"]
-            if "no remote" in (pulled.stderr + pulled.stdout).lower():
+            output = (pulled.stderr + pulled.stdout).lower()
+            if "no remote" in output:
                 raise DataError(
                     f"{data_path} is missing and no DVC remote is configured: `dvc remote add -d NAME URL`, "
                     f"then `dvc pull {pointer.name}`"
+                )
+            if "missing-files" in output:  # the remote answered: it does not hold this version (no retry helps)
+                raise DataError(
+                    f"the DVC remote does not hold the version of {data_path} that {pointer.name} names: "
+                    "run `dvc push` where that data is, then rerun"
                 )
             raise TransientError(f"`dvc pull {pointer.name}` failed: {detail[0]}")
     else:

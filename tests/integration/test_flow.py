@@ -146,7 +146,7 @@ def test_transient_pull_failure_is_retried(flow_project: Path, monkeypatch: pyte
     assert len(list((flow_project / "data/raw/elpv/images").iterdir())) == 160
 
 
-def test_missing_data_without_remote_says_which_command_fixes_it(tmp_path: Path) -> None:
+def test_missing_data_without_remote_or_in_the_remote_says_which_command_fixes_it(tmp_path: Path) -> None:
     run_tool(["git", "init", "-q"], tmp_path)
     run_tool(["dvc", "init", "-q"], tmp_path)
     with pytest.raises(DataError, match="transferkit data elpv"):
@@ -154,6 +154,9 @@ def test_missing_data_without_remote_says_which_command_fixes_it(tmp_path: Path)
     (tmp_path / "data/raw").mkdir(parents=True)
     (tmp_path / "data/raw/elpv.dvc").write_text("outs:\n- md5: 0123.dir\n  path: elpv\n")
     with pytest.raises(DataError, match="dvc remote add"):
+        orchestration.sync_data(tmp_path, "data/raw/elpv")
+    run_tool(["dvc", "remote", "add", "-d", "store", str(tmp_path / "empty-remote")], tmp_path)
+    with pytest.raises(DataError, match=r"does not hold the version .* run `dvc push`"):  # not retried as transient
         orchestration.sync_data(tmp_path, "data/raw/elpv")
 
 

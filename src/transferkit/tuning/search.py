@@ -121,8 +121,7 @@ def trial_task(base: dict[str, Any], root: str, driver: str, threads: int | None
     trial.set_user_attr(DRIVER, driver)
     scores: list[float] = []
     try:
-        raw = copy.deepcopy(base)
-        values = {key: suggest(trial, key, dim, _current(raw, key)) for key, dim in tune.space.items()}
+        values = {key: suggest(trial, key, dim, _current(base, key)) for key, dim in tune.space.items()}
         params = trial_params(base, values, Path(root) / "trials" / f"{trial.number:04d}", threads)
         summary = train.run(params, on_epoch=pruning_reporter(trial, params.train.selection_metric, scores))
     except optuna.TrialPruned:

@@ -183,7 +183,8 @@ class StudyParams(Section):
     """The strategy x data-fraction grid of ``transferkit study`` (not a pipeline stage).
 
     Every cell is the pipeline's own params plus ``overrides`` (dotted keys, e.g. a smaller
-    image size for a CPU run) and its strategy, training fraction and seed.
+    image size for a CPU run) and its strategy, training fraction and seed. ``root`` holds the
+    cells' working files (gitignored); ``store`` their records, which are committed.
     """
 
     strategies: list[Strategy] = ["linear", "finetune", "gradual", "scratch"]
@@ -192,6 +193,7 @@ class StudyParams(Section):
     four_class: bool = True
     overrides: dict[str, Any] = {}
     root: str = "studies/default"
+    store: str = "docs/study/cells"
     report: str = "docs/study"
     jobs: Annotated[int, Field(ge=1)] = 1
 

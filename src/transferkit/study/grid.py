@@ -1,22 +1,23 @@
 """The study's cells and the pipeline params each one runs with.
 
 A cell is the pipeline's own params, the study's ``overrides``, and its task, strategy, training
-fraction and seed. Cells of one task share the prepared data (the same split and test set) and
-the feature cache, so frozen-backbone cells reuse cached features.
+fraction and seed. Cells with the same data params share the prepared data (the same split and
+test set) and the feature cache, so frozen-backbone cells reuse cached features.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from transferkit.config import Params, StudyParams, parse_params, set_dotted
-from transferkit.errors import ConfigError
-from transferkit.io import read_json, write_json
+from transferkit.study.store import cell_key
 
-RESULT, ERROR, STUDY = "result.json", "error.json", "study.json"
+ERROR = "error.json"
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ def base_raw(params: Params) -> dict[str, Any]:
 
 
 def cell_params(base: dict[str, Any], cell: Cell, root: Path, threads: int | None = None) -> Params:
-    """Params of one cell; ``threads`` shares the cores between parallel cells (results do not depend on it)."""
+    """Params of one cell, its working folders under ``root``; ``threads`` shares the cores between
+    parallel cells (results do not depend on it)."""
     raw = copy.deepcopy(base)
     if threads:
         set_dotted(raw, "train.num_threads", threads)
@@ -65,8 +67,10 @@ def cell_params(base: dict[str, Any], cell: Cell, root: Path, threads: int | Non
     if cell.strategy == "scratch":  # random init, nothing frozen, nothing to cache
         set_dotted(raw, "model.weights", "none")
         set_dotted(raw, "train.frozen_units", 0)
-    prepared = root / f"prepared-{cell.classes}class"
-    out = root / "cells" / cell.name
+    # Folders named by content: a changed recipe never resumes another recipe's checkpoint and a
+    # changed data section never reads another split.
+    prepared = root / "prepared" / hashlib.sha256(json.dumps(raw["data"], sort_keys=True).encode()).hexdigest()[:12]
+    out = root / "cells" / f"{cell.name}-{cell_key(parse_params(raw))}"
     raw["paths"].update(
         {
             "prepared": str(prepared / "data"),
@@ -80,17 +84,3 @@ def cell_params(base: dict[str, Any], cell: Cell, root: Path, threads: int | Non
         }
     )
     return parse_params(raw)
-
-
-def claim_root(root: Path, base: dict[str, Any]) -> None:
-    """Tie ``root`` to these params, so that a rerun never mixes cells of different configurations."""
-    identity = {key: value for key, value in base.items() if key not in {"study", "gate", "export"}}
-    record = root / STUDY
-    if record.is_file():
-        if read_json(record) != identity:
-            raise ConfigError(
-                f"{root} holds a study run with different params; set study.root to a new folder "
-                "(or delete this one) to start over"
-            )
-        return
-    write_json(record, identity)

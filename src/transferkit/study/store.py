@@ -1,0 +1,113 @@
+"""The study's results store: one small JSON record per finished cell, committed with the code.
+
+Cells take minutes to hours each and the grid is longer than one machine's working day, so the
+records (not the models) are what lasts: the params the cell ran with, its metrics, timings, the
+machine, and its test predictions (one digit per test image, so the report can recompute every
+figure and bootstrap it). A record is named by the cell and a hash of its params, so a changed
+recipe never reuses a stale cell, and records of earlier recipes stay as history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from transferkit.config import Params
+from transferkit.errors import DataError
+from transferkit.io import read_json, write_json
+
+# Sections that do not change what a cell trains or measures, and train.num_threads (cores shared
+# between parallel cells; the result does not depend on it).
+NOT_IDENTITY = ("paths", "study", "tune", "gate", "export")
+
+
+def identity(params: Params) -> dict[str, Any]:
+    """The params that determine a cell's result, as recorded and compared."""
+    raw = params.model_dump(mode="json")
+    for section in NOT_IDENTITY:
+        raw.pop(section, None)
+    raw["train"].pop("num_threads", None)
+    return raw
+
+
+def cell_key(params: Params) -> str:
+    return hashlib.sha256(json.dumps(identity(params), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def record_path(store: Path, name: str, params: Params) -> Path:
+    return store / f"{name}-{cell_key(params)}.json"
+
+
+def encode_labels(values: np.ndarray) -> str:
+    """Class indices as a digit string: 650 test images cost 650 bytes, diffable in git."""
+    if values.size and (values.min() < 0 or values.max() > 9):
+        raise ValueError("the compact encoding holds classes 0-9; store a list for more classes")
+    return "".join(str(int(v)) for v in values)
+
+
+def decode_labels(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), dtype=np.uint8) - ord("0")
+
+
+def machine() -> dict[str, Any]:
+    """Where the cell ran: timings only compare between cells of the same machine."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {
+        "node": platform.node(),
+        "processor": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "commit": commit,
+    }
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (``platform.processor()`` is empty on Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def load_records(store: Path) -> list[dict[str, Any]]:
+    """Every record in the store, each checked against its own predictions."""
+    records = [read_json(path) for path in sorted(store.glob("*.json"))] if store.is_dir() else []
+    for record in records:
+        verify(record)
+    return records
+
+
+def verify(record: dict[str, Any]) -> None:
+    """Recompute the record's headline figures from its predictions; a mismatch means a damaged record."""
+    labels, predicted = decode_labels(record["test"]["labels"]), decode_labels(record["test"]["predicted"])
+    recomputed = {
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+    }
+    for key, value in recomputed.items():
+        if abs(record["metrics"][key] - value) > 1e-9:
+            raise DataError(
+                f"study record {record['name']} says {key} {record['metrics'][key]:.6f} but its predictions "
+                f"give {value:.6f}; the record is damaged: restore it from git or delete it and rerun the study"
+            )
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    verify(record)
+    write_json(path, record)

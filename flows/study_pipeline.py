@@ -1,8 +1,8 @@
 """Prefect flow `study`: run `transferkit study` in a project and publish its report as an artifact.
 
 The cells themselves run as tasks of the `study-grid` flow on Dask (a local cluster, or the one
-at ``dask_address``). The study skips finished cells and records failed ones, so a retry or a
-rerun of this flow only trains what is missing. The flow fails (after publishing the partial
+at ``dask_address``). The study skips cells already in its results store and records failed
+ones, so a retry or a rerun of this flow only trains what is missing. The flow fails (after publishing the partial
 report) when a cell failed, naming it.
 """
 
@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.run_requests import DaskRequest, last_line, run_cli
 from transferkit.config import load_params
+from transferkit.io import read_json
 
 
 class StudyRequest(DaskRequest):
@@ -41,4 +42,5 @@ def study_pipeline(request: StudyRequest | None = None) -> dict[str, Any]:
     create_markdown_artifact(report.read_text(), key="study-report", description="strategy x fraction study")
     if result.returncode != 0:
         raise RuntimeError(f"study cells failed: {last_line(result.stderr)}")
-    return {"report": str(report), "cells": len(list((project / params.study.root / "cells").glob("*/result.json")))}
+    cells = read_json(report.with_name("results.json"))["cells"]
+    return {"report": str(report), "cells": len(cells)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -182,6 +183,12 @@ def _parse_sets(sets: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def report_command(params: Path, sets: list[str]) -> str:
+    """The exact command that rebuilds a report: the same params file and overrides, training nothing."""
+    file = [] if params == Path("params.yaml") else [f"-p {shlex.quote(str(params))}"]
+    return " ".join(["transferkit study --report-only", *file, *(f"-S {shlex.quote(item)}" for item in sets)])
+
+
 DaskAddressOption = typer.Option(
     None, help="run on this existing Dask cluster (tcp://HOST:8786) instead of a local one", metavar="ADDRESS"
 )
@@ -200,11 +207,10 @@ def study(
     from transferkit.study.report import write_report
     from transferkit.study.runner import run_study
 
-    command = " ".join(["transferkit study", *(f"-S '{item}'" for item in sets)])
     try:
         resolved = load_params(params, _parse_sets(sets))
         outcome = None if report_only else run_study(resolved, jobs, dask_address)
-        report = write_report(resolved, command)
+        report = write_report(resolved, report_command(params, sets))
     except TransferkitError as error:
         raise _fail(error) from None
     console.print(f"report: {resolved.study.report}/README.md ({len(report['cells'])} cells)")

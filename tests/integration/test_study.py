@@ -1,10 +1,12 @@
 """The study grid on the shrunk config: a real 2 x 2 x 1 mini-grid on a 2-worker Dask LocalCluster,
-rerun skipping, failure isolation, and a worker killed mid-cell."""
+its results store (skipping, keyed by params, rebuilt and checked without training), failure
+isolation, and a worker killed mid-cell."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +31,7 @@ def study_params(tmp_path: Path, elpv_subset: Path, **study: object) -> Path:
         "four_class": False,
         "overrides": {"train.epochs": 1},
         "root": str(tmp_path / "study"),
+        "store": str(tmp_path / "store"),
         "report": str(tmp_path / "report"),
         "jobs": 2,
         **study,
@@ -38,36 +41,67 @@ def study_params(tmp_path: Path, elpv_subset: Path, **study: object) -> Path:
     return file
 
 
-def test_mini_grid_runs_reports_and_skips_finished_cells(tmp_path: Path, elpv_subset: Path, prefect_env) -> None:
+def stored(tmp_path: Path) -> dict[str, dict]:
+    return {path.stem.rsplit("-", 1)[0]: json.loads(path.read_text()) for path in (tmp_path / "store").glob("*.json")}
+
+
+def test_mini_grid_runs_reports_and_skips_stored_cells(tmp_path: Path, elpv_subset: Path, prefect_env) -> None:
     params = study_params(tmp_path, elpv_subset)
     run = run_tool([*TRANSFERKIT, "study", "-p", str(params)], REPO, env=prefect_env)
     assert "study-grid" in run.stdout + run.stderr  # the cells ran as a Prefect flow
-    cells = sorted((tmp_path / "study" / "cells").glob("*/result.json"))
-    assert [c.parent.name for c in cells] == [
+    records = stored(tmp_path)
+    assert sorted(records) == [
         "2class-finetune-f0.5-s0",
         "2class-finetune-f1-s0",
         "2class-linear-f0.5-s0",
         "2class-linear-f1-s0",
     ]
-    results = [json.loads(c.read_text()) for c in cells]
-    assert all(0 <= r["test_accuracy"] <= 1 and r["epochs_run"] == 1 for r in results)
-    half, full = (r["train_images"] for r in results[:2])
+    record = records["2class-linear-f0.5-s0"]
+    assert record["params"]["train"]["strategy"] == "linear" and record["params"]["train"]["epochs"] == 1
+    assert len(record["test"]["labels"]) == len(record["test"]["predicted"]) > 0
+    assert record["training"]["epochs_run"] == 1 and record["machine"]["cpus"] >= 1
+    half, full = (records[f"2class-linear-f{f}-s0"]["data"]["train_images"] for f in ("0.5", "1"))
     assert half < full  # the fraction really shrinks the training set
     report = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert len(report["table"]) == 4 and not report["failed"]
+    assert len(report["table"]) == 4 and not report["failed"] and report["other_records"] == 0
+    first = report["table"][0]
+    assert first["accuracy_ci"]["low"] <= first["accuracy"] <= first["accuracy_ci"]["high"]
     readme = (tmp_path / "report" / "README.md").read_text()
     assert "| 2-class | linear | 0.5 | 1 |" in readme
+    assert f"transferkit study --report-only -p {params}" in readme
     assert (tmp_path / "report" / "accuracy_vs_fraction.png").stat().st_size > 10_000
 
-    before = [c.stat().st_mtime_ns for c in cells]
+    files = sorted((tmp_path / "store").glob("*.json"))
+    before = [f.stat().st_mtime_ns for f in files]
     rerun = run_tool([*TRANSFERKIT, "study", "-p", str(params)], REPO, env=prefect_env)
-    assert "4 already done, 0 to run" in rerun.stderr
-    assert [c.stat().st_mtime_ns for c in cells] == before
+    assert "4 already in" in rerun.stderr and "0 to run" in rerun.stderr
+    assert [f.stat().st_mtime_ns for f in files] == before
 
-    changed = run_tool(
-        [*TRANSFERKIT, "study", "-p", str(params), "-S", "study.overrides={train.epochs: 2}"], REPO, False
-    )
-    assert changed.returncode == 2 and "different params" in changed.stderr
+    # A changed recipe is a new cell: it runs, and the earlier records stay as history, not in the report.
+    changed = ("study.overrides={train.epochs: 2}", "study.fractions=[1.0]", "study.strategies=[linear]")
+    run_tool([*TRANSFERKIT, "study", "-p", str(params), *(f"-S{item}" for item in changed)], REPO, env=prefect_env)
+    assert len(list((tmp_path / "store").glob("2class-linear-f1-s0-*.json"))) == 2
+    report = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert len(report["cells"]) == 1 and report["other_records"] == 4
+    assert report["recipe"]["train.epochs"] == 2
+
+
+def test_a_fresh_clone_rebuilds_the_report_from_the_store_alone(tmp_path: Path, elpv_subset: Path, prefect_env) -> None:
+    params = study_params(tmp_path, elpv_subset, strategies=["linear", "scratch"], fractions=[1.0])
+    run_tool([*TRANSFERKIT, "study", "-p", str(params)], REPO, env=prefect_env)
+    first = (tmp_path / "report" / "README.md").read_text()
+    shutil.rmtree(tmp_path / "study")  # no models, no prepared data: only the committed records
+    shutil.rmtree(tmp_path / "report")
+    run_tool([*TRANSFERKIT, "study", "-p", str(params), "--report-only"], REPO)
+    assert (tmp_path / "report" / "README.md").read_text() == first
+    assert "| 1 | linear |" in first and "95 % CI" in first  # the pretrained-vs-scratch margin, with its interval
+
+    record = next((tmp_path / "store").glob("2class-linear-*.json"))
+    edited = json.loads(record.read_text())
+    edited["metrics"]["accuracy"] += 0.05
+    record.write_text(json.dumps(edited))
+    damaged = run_tool([*TRANSFERKIT, "study", "-p", str(params), "--report-only"], REPO, False)
+    assert damaged.returncode == 2 and "2class-linear-f1-s0" in damaged.stderr and "damaged" in damaged.stderr
 
 
 def test_a_failed_cell_keeps_the_others(tmp_path: Path, elpv_subset: Path, prefect_env) -> None:
@@ -75,9 +109,9 @@ def test_a_failed_cell_keeps_the_others(tmp_path: Path, elpv_subset: Path, prefe
     params = study_params(tmp_path, elpv_subset, strategies=["linear"], fractions=[0.01, 1.0], jobs=1)
     result = run_tool([*TRANSFERKIT, "study", "-p", str(params)], REPO, check=False, env=prefect_env)
     assert result.returncode == 1 and "1 cell(s) failed (2class-linear-f0.01-s0)" in result.stderr
-    cells = tmp_path / "study" / "cells"
-    assert (cells / "2class-linear-f1-s0" / "result.json").is_file()
-    assert "error" in json.loads((cells / "2class-linear-f0.01-s0" / "error.json").read_text())
+    assert list(stored(tmp_path)) == ["2class-linear-f1-s0"]
+    (error,) = (tmp_path / "study" / "cells").glob("2class-linear-f0.01-s0-*/error.json")
+    assert "error" in json.loads(error.read_text())
     assert "2class-linear-f0.01-s0" in (tmp_path / "report" / "README.md").read_text()
 
 
@@ -117,7 +151,7 @@ def test_a_worker_killed_mid_cell_and_the_grid_still_completes(tmp_path: Path, e
         output, _ = study.communicate(timeout=400)
         assert study.returncode == 0, output
         assert victim not in client.run(os.getpid).values()  # the nanny replaced the dead worker
-    results = sorted(path.parent.name for path in cells.glob("*/result.json"))
-    assert results == ["2class-finetune-f1-s0", "2class-linear-f1-s0"]
+    records = stored(tmp_path)
+    assert sorted(records) == ["2class-finetune-f1-s0", "2class-linear-f1-s0"]
     assert not list(cells.glob("*/error.json"))
-    assert all(json.loads((cells / name / "result.json").read_text())["epochs_run"] == 2 for name in results)
+    assert all(record["training"]["epochs_run"] == 2 for record in records.values())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,20 @@ from tqdm import tqdm
 from transferkit.config import Params
 from transferkit.dask_runner import dask_task_runner, shared_prefect_api, threads_per_job
 from transferkit.data.cache import META_FILE, PreparedData
-from transferkit.io import read_json, write_json
+from transferkit.io import write_json
 from transferkit.reporting import console
 from transferkit.stages import evaluate, prepare, train
 from transferkit.study.grid import ERROR, Cell, base_raw, cell_params, study_cells
-from transferkit.study.store import cell_key, encode_labels, identity, machine, record_path, write_record
+from transferkit.study.store import (
+    cell_key,
+    encode_labels,
+    find,
+    identity,
+    load_records,
+    machine,
+    record_path,
+    write_record,
+)
 
 RECORDED_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "roc_auc", "ece", "ece_uncalibrated")
 RECORDED_TRAINING = (
@@ -77,6 +87,7 @@ def cell_record(
     return {
         **cell.as_dict(),
         "key": cell_key(params),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "params": identity(params),
         "data": {"content_hash": prepared.content_hash, "class_names": names, "train_images": summary["train_images"]},
         "metrics": {key: metrics[key] for key in RECORDED_METRICS},
@@ -97,10 +108,10 @@ def prepare_data(base: dict[str, Any], cells: list[Cell], root: Path) -> dict[Ce
     return hashes
 
 
-def is_stored(store: Path, base: dict[str, Any], cell: Cell, root: Path, content_hash: str) -> bool:
+def is_stored(records: list[dict[str, Any]], base: dict[str, Any], cell: Cell, root: Path, content_hash: str) -> bool:
     """A record of these params on this very data (a re-prepared dataset reruns the cell)."""
-    path = record_path(store, cell.name, cell_params(base, cell, root))
-    return path.is_file() and read_json(path)["data"]["content_hash"] == content_hash
+    record = find(records, cell.name, cell_params(base, cell, root))
+    return record is not None and record["data"]["content_hash"] == content_hash
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, task_run_name="cell {cell.name}")
@@ -137,7 +148,8 @@ def run_study(params: Params, jobs: int | None = None, dask_address: str | None 
     # Cheapest first (fraction, then seed): an interrupted grid leaves whole low-data rows behind.
     cells = sorted(study_cells(params.study), key=lambda c: (c.classes, c.fraction, c.seed, c.strategy))
     hashes = prepare_data(base, cells, root)
-    pending = [cell for cell in cells if not is_stored(store, base, cell, root, hashes[cell])]
+    records = load_records(store)
+    pending = [cell for cell in cells if not is_stored(records, base, cell, root, hashes[cell])]
     skipped = [cell.name for cell in cells if cell not in pending]
     console.print(f"study: {len(cells)} cells, {len(skipped)} already in {store}, {len(pending)} to run")
     if not pending:

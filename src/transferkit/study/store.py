@@ -3,8 +3,13 @@
 Cells take minutes to hours each and the grid is longer than one machine's working day, so the
 records (not the models) are what lasts: the params the cell ran with, its metrics, timings, the
 machine, and its test predictions (one digit per test image, so the report can recompute every
-figure and bootstrap it). A record is named by the cell and a hash of its params, so a changed
-recipe never reuses a stale cell, and records of earlier recipes stay as history.
+figure and bootstrap it). A record is named by the cell and a hash of its params and matches a
+cell only when it ran with the same params, so a changed recipe never reuses a stale cell, and
+records of earlier recipes stay as history.
+
+A param added after a record was written is read at its default: adding a param whose default
+keeps the old behaviour (the rule for every new param) must not throw away a grid that took
+days. Changing a default, or any recorded value, does.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from transferkit.config import Params
+from transferkit.config import Params, parse_params
 from transferkit.errors import DataError
 from transferkit.io import read_json, write_json
 
@@ -39,8 +44,32 @@ def identity(params: Params) -> dict[str, Any]:
     return raw
 
 
+def identity_key(recorded: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def cell_key(params: Params) -> str:
-    return hashlib.sha256(json.dumps(identity(params), sort_keys=True).encode()).hexdigest()[:12]
+    return identity_key(identity(params))
+
+
+def ran_with(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's params, with params added since it was written at their defaults."""
+    return _merged(identity(parse_params({})), record["params"])
+
+
+def _merged(defaults: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(defaults)
+    for key, value in recorded.items():
+        both_sections = isinstance(value, dict) and isinstance(defaults.get(key), dict)
+        merged[key] = _merged(defaults[key], value) if both_sections else value
+    return merged
+
+
+def find(records: list[dict[str, Any]], name: str, params: Params) -> dict[str, Any] | None:
+    """The record of cell ``name`` that ran with exactly ``params`` (newest first), or None."""
+    wanted = identity(params)
+    matching = [r for r in records if r["name"] == name and ran_with(r) == wanted]
+    return max(matching, key=lambda r: r["finished"], default=None)
 
 
 def record_path(store: Path, name: str, params: Params) -> Path:
@@ -94,7 +123,12 @@ def load_records(store: Path) -> list[dict[str, Any]]:
 
 
 def verify(record: dict[str, Any]) -> None:
-    """Recompute the record's headline figures from its predictions; a mismatch means a damaged record."""
+    """Recompute the record's key and headline figures; a mismatch means a damaged or edited record."""
+    if identity_key(record["params"]) != record["key"]:
+        raise DataError(
+            f"study record {record['name']} has key {record['key']} but its params hash to "
+            f"{identity_key(record['params'])}; restore it from git or delete it and rerun the study"
+        )
     labels, predicted = decode_labels(record["test"]["labels"]), decode_labels(record["test"]["predicted"])
     recomputed = {
         "accuracy": float(accuracy_score(labels, predicted)),

@@ -39,6 +39,17 @@ def test_onnx_model_matches_pytorch_for_any_batch_size(exported) -> None:
         assert np.abs(actual - expected).max() < 1e-4
 
 
+def test_same_padding_is_folded_into_the_convolutions(exported) -> None:
+    """No Pad node is left (each forced the int8 graph back to float); the stride-2 convolutions
+    carry TF's asymmetric "same" pads themselves, and the parity test above proves them exact."""
+    _, path = exported
+    graph = onnx.load(str(path)).graph
+    assert [node.name for node in graph.node if node.op_type == "Pad"] == []
+    pads = [list(a.ints) for node in graph.node if node.op_type == "Conv" for a in node.attribute if a.name == "pads"]
+    assert [0, 0, 1, 1] in pads  # top, left, bottom, right of a 3x3 stride-2 conv on an even input
+    assert len(graph.node) < 200  # the exporter's pad arithmetic (Concat, Slice, Cast...) is gone too
+
+
 def test_metadata_and_ir_version_travel_with_the_model(exported) -> None:
     _, path = exported
     proto = onnx.load(str(path))

@@ -106,6 +106,12 @@ def summarize(group: Group) -> dict[str, Any]:
     return row
 
 
+def majority_baselines(groups: list[Group]) -> dict[str, float]:
+    """Per task, the accuracy of always answering the most common test class: the floor a model must clear."""
+    first = {g.classes: g.labels for g in groups}
+    return {f"{classes}-class": float(np.bincount(labels).max() / len(labels)) for classes, labels in first.items()}
+
+
 def margins(groups: list[Group], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per binary-task fraction: the best pretrained strategy against scratch, with a paired interval."""
     by_key = {(g.classes, g.strategy, g.fraction): (g, row) for g, row in zip(groups, rows, strict=True)}
@@ -202,7 +208,7 @@ def markdown(report: dict[str, Any], command: str, store: str) -> str:
     lines = [
         "# Transfer-learning study: strategy x training-data fraction",
         "",
-        f"{len(report['cells'])} cells of the current grid, read from their records in `{store}` "
+        f"{len(report['cells'])} of the current grid's {report['planned']} cells, read from their records in `{store}` "
         f"({report['other_records']} records of other recipes there are not shown). Rebuild exactly this "
         f"report with `{command}`; it trains nothing and rechecks every figure against the cells' test predictions.",
         "",
@@ -215,8 +221,11 @@ def markdown(report: dict[str, Any], command: str, store: str) -> str:
         + (", ".join(f"`{k}` is {' or '.join(v)}" for k, v in varying.items()) or "nothing varies")
         + " (scratch: random init, nothing frozen).",
         "",
-        "Mean ± sample std over seeds; in brackets the 95 % bootstrap interval of the seed mean over test "
-        f"images ({stats.RESAMPLES} resamples, the same for every row). Training time is wall-clock on the "
+        "Majority-class baseline (always the most common test class): "
+        + ", ".join(f"{task} {value:.4f}" for task, value in report["majority_baseline"].items())
+        + ". Mean ± sample std over seeds; in brackets the 95 % bootstrap interval of the seed mean over test "
+        f"images ({stats.RESAMPLES} resamples, the same for every row): how much the figure depends on which "
+        "images were tested, not on the seeds, whose spread is the ± column. Training time is wall-clock on the "
         "machine in each record (`machine`), including feature caching where a cell was the first to need it.",
         "",
         "| task | strategy | train fraction | seeds | test accuracy | 95 % CI | test macro-F1 | 95 % CI "
@@ -252,7 +261,8 @@ def markdown(report: dict[str, Any], command: str, store: str) -> str:
     if report["failed"]:
         lines += ["", "## Failed cells (rerun the study to retry them)", ""]
         lines += [f"- `{f['name']}`: {f['error']}" for f in report["failed"]]
-    lines += [""] + [f"![{name[:-4].replace('_', ' ')}]({name})" for name in report["figures"]]
+    for name in report["figures"]:
+        lines += ["", f"![{name[:-4].replace('_', ' ')}]({name})"]
     return "\n".join(lines) + "\n"
 
 
@@ -345,10 +355,12 @@ def write_report(params: Params, command: str) -> dict[str, Any]:
     report = {
         "command": command,
         "cells": [{"name": r["name"], "key": r["key"]} for r in records],
+        "planned": len(study_cells(params.study)),
         "other_records": others,
         "failed": failures,
         "recipe": shared,
         "recipe_varies": varying,
+        "majority_baseline": majority_baselines(groups),
         "table": rows,
         "margins": margin_rows,
         "targets": targets(rows, margin_rows),

@@ -46,15 +46,15 @@ def stored(tmp_path: Path) -> dict[str, dict]:
 
 
 def test_mini_grid_runs_reports_and_skips_stored_cells(tmp_path: Path, elpv_subset: Path, prefect_env) -> None:
-    params = study_params(tmp_path, elpv_subset)
+    params = study_params(tmp_path, elpv_subset, strategies=["linear", "scratch"])
     run = run_tool([*TRANSFERKIT, "study", "-p", str(params)], REPO, env=prefect_env)
     assert "study-grid" in run.stdout + run.stderr  # the cells ran as a Prefect flow
     records = stored(tmp_path)
     assert sorted(records) == [
-        "2class-finetune-f0.5-s0",
-        "2class-finetune-f1-s0",
         "2class-linear-f0.5-s0",
         "2class-linear-f1-s0",
+        "2class-scratch-f0.5-s0",
+        "2class-scratch-f1-s0",
     ]
     record = records["2class-linear-f0.5-s0"]
     assert record["params"]["train"]["strategy"] == "linear" and record["params"]["train"]["epochs"] == 1
@@ -71,6 +71,15 @@ def test_mini_grid_runs_reports_and_skips_stored_cells(tmp_path: Path, elpv_subs
     assert f"transferkit study --report-only -p {params}" in readme
     assert (tmp_path / "report" / "accuracy_vs_fraction.png").stat().st_size > 10_000
 
+    assert "| 0.5 | linear |" in readme and "95 % CI" in readme  # the pretrained-vs-scratch margins
+
+    # A fresh clone has the committed records only: the same report, every figure rechecked.
+    shutil.rmtree(tmp_path / "report")
+    run_tool([*TRANSFERKIT, "study", "-p", str(params), "--report-only", "-S", "study.root=elsewhere"], REPO)
+    assert (tmp_path / "report" / "README.md").read_text() == readme.replace(
+        f"-p {params}", f"-p {params} -S study.root=elsewhere"
+    )
+
     files = sorted((tmp_path / "store").glob("*.json"))
     before = [f.stat().st_mtime_ns for f in files]
     rerun = run_tool([*TRANSFERKIT, "study", "-p", str(params)], REPO, env=prefect_env)
@@ -85,23 +94,11 @@ def test_mini_grid_runs_reports_and_skips_stored_cells(tmp_path: Path, elpv_subs
     assert len(report["cells"]) == 1 and report["other_records"] == 4
     assert report["recipe"]["train.epochs"] == 2
 
-
-def test_a_fresh_clone_rebuilds_the_report_from_the_store_alone(tmp_path: Path, elpv_subset: Path, prefect_env) -> None:
-    params = study_params(tmp_path, elpv_subset, strategies=["linear", "scratch"], fractions=[1.0])
-    run_tool([*TRANSFERKIT, "study", "-p", str(params)], REPO, env=prefect_env)
-    first = (tmp_path / "report" / "README.md").read_text()
-    shutil.rmtree(tmp_path / "study")  # no models, no prepared data: only the committed records
-    shutil.rmtree(tmp_path / "report")
-    run_tool([*TRANSFERKIT, "study", "-p", str(params), "--report-only"], REPO)
-    assert (tmp_path / "report" / "README.md").read_text() == first
-    assert "| 1 | linear |" in first and "95 % CI" in first  # the pretrained-vs-scratch margin, with its interval
-
-    record = next((tmp_path / "store").glob("2class-linear-*.json"))
-    edited = json.loads(record.read_text())
+    edited = json.loads(files[0].read_text())
     edited["metrics"]["accuracy"] += 0.05
-    record.write_text(json.dumps(edited))
+    files[0].write_text(json.dumps(edited))
     damaged = run_tool([*TRANSFERKIT, "study", "-p", str(params), "--report-only"], REPO, False)
-    assert damaged.returncode == 2 and "2class-linear-f1-s0" in damaged.stderr and "damaged" in damaged.stderr
+    assert damaged.returncode == 2 and edited["name"] in damaged.stderr and "damaged" in damaged.stderr
 
 
 def test_a_failed_cell_keeps_the_others(tmp_path: Path, elpv_subset: Path, prefect_env) -> None:

@@ -254,6 +254,46 @@ def tune(
     )
 
 
+@app.command()
+def ensemble(
+    models: list[Path] = typer.Argument(..., help="trained checkpoints (model.pt) that share their frozen units"),
+    params: Path = ParamsOption,
+    out: Path = typer.Option(Path("models/ensemble"), help="folder for model.onnx and ensemble.json"),
+    tta: bool = typer.Option(False, help="also average over the augmentation preset's views (flips, quarter turns)"),
+) -> None:
+    """Export models sharing a frozen trunk as one ONNX graph (trunk once, tops averaged) and measure it on test."""
+    from transferkit.config import load_params
+    from transferkit.export.ensemble import run_ensemble
+
+    try:
+        resolved = load_params(params)
+        report = run_ensemble(
+            models,
+            Path(resolved.paths.prepared),
+            out,
+            tta,
+            resolved.export.parity_tolerance,
+            resolved.evaluate.calibration_bins,
+        )
+    except TransferkitError as error:
+        raise _fail(error) from None
+    labelled = [*zip(map(str, models), report["members_alone"], strict=True)]
+    labelled.append(("ensemble" + (" + TTA" if tta else ""), report["ensemble"]))
+    for label, figures in labelled:
+        low, high = figures["accuracy_ci"]["low"], figures["accuracy_ci"]["high"]
+        console.print(
+            f"{label}: test accuracy {figures['accuracy']:.4f} [{low:.3f}, {high:.3f}], "
+            f"macro-F1 {figures['macro_f1']:.4f}",
+            highlight=False,
+        )
+    cost = report["ms_per_image_batch8"]
+    console.print(
+        f"{out}/model.onnx: {cost['ensemble']} ms/image vs {cost['one_member']} for one member "
+        f"(shared cut {report['shared_cut']}, {len(report['tta_views'])} view(s))",
+        highlight=False,
+    )
+
+
 @app.command("export-triton")
 def export_triton(
     model: Path | None = typer.Argument(None, help="an exported .onnx (default: the registry's production version)"),

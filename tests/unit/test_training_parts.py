@@ -36,6 +36,9 @@ def test_d4_views_are_the_eight_distinct_symmetries() -> None:
     assert len(variants) == 8
     assert torch.equal(apply_view(image, 0), image)
     assert torch.equal(apply_view(image, 1), image.flip(-1))  # view 1: the mirror image
+    for view, (turns, flip) in enumerate(D4_VIEWS):  # transposes and flips: exactly torch.rot90
+        expected = torch.rot90(image, turns, dims=(-2, -1))
+        assert torch.equal(apply_view(image, view), expected.flip(-1) if flip else expected)
 
 
 def test_onnx_runtime_trunk_matches_pytorch(model) -> None:

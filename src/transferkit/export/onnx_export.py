@@ -24,7 +24,6 @@ from torch import nn
 
 from transferkit.errors import ExportError
 from transferkit.export.contract import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAMES
-from transferkit.models.classifier import ImageClassifier
 
 # ONNX Runtime 1.31 loads IR version <= 13 (onnx 1.23 writes 14 by default).
 MAX_IR_VERSION = 13
@@ -34,7 +33,7 @@ class _ExportedClassifier(nn.Module):
     """The classifier with its calibration baked in: both outputs are temperature-scaled, so
     ``softmax(logits) == probabilities`` holds for consumers that compute their own softmax."""
 
-    def __init__(self, model: ImageClassifier, temperature: float) -> None:
+    def __init__(self, model: nn.Module, temperature: float) -> None:
         super().__init__()
         self.model, self.temperature = model, temperature
 
@@ -219,7 +218,7 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def export_onnx(
-    model: ImageClassifier,
+    model: nn.Module,
     image_size: int,
     opset: int,
     metadata: dict[str, Any],
@@ -227,7 +226,8 @@ def export_onnx(
     temperature: float = 1.0,
 ) -> bytes:
     """Serialized, checked ONNX model at ``precision`` whose outputs are divided by ``temperature``;
-    the caller verifies it before writing it anywhere."""
+    the caller verifies it before writing it anywhere. ``model`` maps uint8 images to logits (a
+    classifier, or an ensemble of them)."""
     wrapped = _ExportedClassifier(model.cpu(), temperature).eval()
     proto = trace_to_onnx(wrapped, image_size, list(OUTPUT_NAMES), opset)
     if precision == "fp16":

@@ -39,8 +39,19 @@ GROUP_FILE = "group.json"
 
 
 def apply_view(images: torch.Tensor, view: int) -> torch.Tensor:
+    """One of the eight flip / quarter-turn views of square NCHW ``images``.
+
+    Quarter turns are written as transposes and flips (what ``torch.rot90`` computes) because
+    rot90 has no ONNX export, and the same views run inside exported test-time-augmentation graphs.
+    """
     turns, flip = D4_VIEWS[view]
-    out = torch.rot90(images, turns, dims=(-2, -1)) if turns else images
+    out = images
+    if turns == 1:
+        out = out.flip(-1).transpose(-2, -1)
+    elif turns == 2:
+        out = out.flip(-2, -1)
+    elif turns == 3:
+        out = out.transpose(-2, -1).flip(-1)
     return out.flip(-1) if flip else out
 
 

@@ -138,12 +138,7 @@ def headline(logits: np.ndarray, raw: np.ndarray, test: TestSplit) -> dict[str, 
     labels, names = test.labels, test.names
     metrics = classification_metrics(logits, labels, test.groups, names, test.bins)
     metrics["ece_uncalibrated"] = expected_calibration_error(softmax(raw), labels, test.bins)
-    idx = stats.resample_indices(len(labels))
-    predicted = [logits.argmax(1)]
-    intervals = {
-        f"{metric}_ci": stats.interval(stats.seed_mean(labels, predicted, len(names), metric, idx)).as_dict()
-        for metric in ("accuracy", "macro_f1")
-    }
+    intervals = stats.headline_intervals(labels, [logits.argmax(1)], len(names))
     return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], **intervals, "metrics": metrics}
 
 

@@ -99,11 +99,7 @@ def summarize(group: Group) -> dict[str, Any]:
         values = group.values(section, key)
         row[name] = float(values.mean())
         row[name + "_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    idx = stats.resample_indices(len(group.labels))
-    for metric in ("accuracy", "macro_f1"):
-        resampled = stats.seed_mean(group.labels, group.runs, group.classes, metric, idx)
-        row[metric + "_ci"] = stats.interval(resampled).as_dict()
-    return row
+    return row | stats.headline_intervals(group.labels, group.runs, group.classes)
 
 
 def majority_baselines(groups: list[Group]) -> dict[str, float]:

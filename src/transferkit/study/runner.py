@@ -97,20 +97,19 @@ def cell_record(
     }
 
 
-def prepare_data(base: dict[str, Any], cells: list[Cell], root: Path) -> dict[Cell, str]:
-    """Prepare each distinct data section once; returns every cell's prepared-data content hash."""
+def prepare_data(cell_runs: dict[Cell, Params]) -> dict[Cell, str]:
+    """Prepare each distinct data folder once; returns every cell's prepared-data content hash."""
     hashes: dict[Cell, str] = {}
-    for cell in cells:
-        params = cell_params(base, cell, root)
+    for cell, params in cell_runs.items():
         if not (Path(params.paths.prepared) / META_FILE).is_file():
             prepare.run(params)
         hashes[cell] = PreparedData.load(params.paths.prepared).content_hash
     return hashes
 
 
-def is_stored(records: list[dict[str, Any]], base: dict[str, Any], cell: Cell, root: Path, content_hash: str) -> bool:
+def is_stored(records: list[dict[str, Any]], cell: Cell, params: Params, content_hash: str) -> bool:
     """A record of these params on this very data (a re-prepared dataset reruns the cell)."""
-    record = find(records, cell.name, cell_params(base, cell, root))
+    record = find(records, cell.name, params)
     return record is not None and record["data"]["content_hash"] == content_hash
 
 
@@ -147,9 +146,10 @@ def run_study(params: Params, jobs: int | None = None, dask_address: str | None 
     base = base_raw(params)
     # Cheapest first (fraction, then seed): an interrupted grid leaves whole low-data rows behind.
     cells = sorted(study_cells(params.study), key=lambda c: (c.classes, c.fraction, c.seed, c.strategy))
-    hashes = prepare_data(base, cells, root)
+    cell_runs = {cell: cell_params(base, cell, root) for cell in cells}
+    hashes = prepare_data(cell_runs)
     records = load_records(store)
-    pending = [cell for cell in cells if not is_stored(records, base, cell, root, hashes[cell])]
+    pending = [cell for cell in cells if not is_stored(records, cell, cell_runs[cell], hashes[cell])]
     skipped = [cell.name for cell in cells if cell not in pending]
     console.print(f"study: {len(cells)} cells, {len(skipped)} already in {store}, {len(pending)} to run")
     if not pending:

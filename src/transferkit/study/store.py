@@ -14,6 +14,7 @@ days. Changing a default, or any recorded value, does.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -52,9 +53,15 @@ def cell_key(params: Params) -> str:
     return identity_key(identity(params))
 
 
+@functools.cache
+def _default_identity() -> dict[str, Any]:
+    """The defaults every record is completed with (read-only: ``_merged`` copies, never mutates)."""
+    return identity(parse_params({}))
+
+
 def ran_with(record: dict[str, Any]) -> dict[str, Any]:
     """The record's params, with params added since it was written at their defaults."""
-    return _merged(identity(parse_params({})), record["params"])
+    return _merged(_default_identity(), record["params"])
 
 
 def _merged(defaults: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:

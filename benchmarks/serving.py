@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import platform
 import socket
@@ -48,16 +49,14 @@ def throughput(work: Callable[[], int], seconds: float) -> float:
 
 
 def batches(images: np.ndarray, size: int) -> Callable[[], np.ndarray]:
-    """A cycling supplier of ``size``-image batches from ``images``."""
-    position = 0
+    """A cycling supplier of ``size``-image batches from ``images``, built before any timing.
 
-    def next_batch() -> np.ndarray:
-        nonlocal position
-        batch = np.take(images, range(position, position + size), axis=0, mode="wrap")
-        position = (position + size) % len(images)
-        return batch
-
-    return next_batch
+    Building them inside the timed loop (``np.take(..., mode="wrap")``) cost 2.7 ms per batch-1
+    call on the 2-core CPU, more than an int8 inference, and hid half of int8's speed-up.
+    """
+    count = len(images)
+    built = [images[np.arange(start, start + size) % count] for start in range(0, count, size)]
+    return itertools.cycle(built).__next__
 
 
 def raw_ort(model: Path, device: str, images: np.ndarray, sizes: list[int], seconds: float) -> dict[str, dict]:

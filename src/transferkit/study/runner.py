@@ -144,9 +144,14 @@ def collect(futures: list[PrefectFuture[tuple[str, str | None]]]) -> StudyRun:
 def run_study(params: Params, jobs: int | None = None, dask_address: str | None = None) -> StudyRun:
     root, store = Path(params.study.root), Path(params.study.store)
     base = base_raw(params)
-    # Cheapest first (fraction, then seed): an interrupted grid leaves whole low-data rows behind.
-    cells = sorted(study_cells(params.study), key=lambda c: (c.classes, c.fraction, c.seed, c.strategy))
-    cell_runs = {cell: cell_params(base, cell, root) for cell in cells}
+    cell_runs = {cell: cell_params(base, cell, root) for cell in study_cells(params.study)}
+    # Cheapest first: pretrained cells read cached trunk features (minutes), from-scratch cells
+    # train every unit live (about ten times longer), so those come last; then by task, fraction
+    # and seed, so an interrupted grid leaves whole rows behind.
+    cells = sorted(
+        cell_runs,
+        key=lambda c: (cell_runs[c].model.weights == "none", c.classes, c.fraction, c.seed, c.strategy),
+    )
     hashes = prepare_data(cell_runs)
     records = load_records(store)
     pending = [cell for cell in cells if not is_stored(records, cell, cell_runs[cell], hashes[cell])]

@@ -183,10 +183,15 @@ def _parse_sets(sets: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def report_command(params: Path, sets: list[str]) -> str:
-    """The exact command that rebuilds a report: the same params file and overrides, training nothing."""
+def exact_command(head: str, params: Path, options: list[str]) -> str:
+    """``head`` with the same params file and ``options`` (already quoted): what a report prints to be rebuilt."""
     file = [] if params == Path("params.yaml") else [f"-p {shlex.quote(str(params))}"]
-    return " ".join(["transferkit study --report-only", *file, *(f"-S {shlex.quote(item)}" for item in sets)])
+    return " ".join([head, *file, *options])
+
+
+def report_command(params: Path, sets: list[str]) -> str:
+    """The exact command that rebuilds a study report: the same params file and overrides, training nothing."""
+    return exact_command("transferkit study --report-only", params, [f"-S {shlex.quote(item)}" for item in sets])
 
 
 DaskAddressOption = typer.Option(
@@ -221,6 +226,25 @@ def study(
             highlight=False,
         )
         raise typer.Exit(1)
+
+
+@app.command()
+def recipes(
+    params: Path = ParamsOption,
+    store: Path = typer.Option(Path("docs/recipes/cells"), help="results store of the recipe tries"),
+    out: Path = typer.Option(Path("docs/recipes"), help="folder of the table (README.md, results.json)"),
+) -> None:
+    """Table of every recipe tried (study cells run with `study.overrides` into STORE), from the records alone."""
+    from transferkit.config import load_params
+    from transferkit.study.recipes import write_recipes
+
+    options = [f"--store {shlex.quote(str(store))}", f"--out {shlex.quote(str(out))}"]
+    command = exact_command("transferkit recipes", params, options)
+    try:
+        rows = write_recipes(load_params(params), store, out, command)
+    except TransferkitError as error:
+        raise _fail(error) from None
+    console.print(f"recipes: {out}/README.md ({len(rows)} recipes)")
 
 
 @app.command()

@@ -171,31 +171,31 @@ def _target(name: str, measured: float | None, threshold: float, row: dict[str, 
 
 def shared_recipe(records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """(dotted params every cell ran with, params beyond the grid's axes that vary, with their values)."""
-    flat = [_flatten(ran_with(r)) for r in records]
+    flat = [flatten(ran_with(r)) for r in records]
     keys = sorted(set().union(*flat)) if flat else []
     shared = {k: flat[0].get(k) for k in keys if all(f.get(k) == flat[0].get(k) for f in flat)}
     varying = {k: sorted({str(f.get(k)) for f in flat}) for k in keys if k not in shared and k not in GRID_AXES}
     return shared, varying
 
 
-def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in node.items():
         if isinstance(value, dict):
-            out |= _flatten(value, f"{prefix}{key}.")
+            out |= flatten(value, f"{prefix}{key}.")
         else:
             out[f"{prefix}{key}"] = value
     return out
 
 
-def _mean_std(row: dict[str, Any], key: str, digits: int = 4) -> str:
+def mean_std(row: dict[str, Any], key: str, digits: int = 4) -> str:
     """``mean ± std`` over seeds; a single seed has no spread to show."""
     if row["seeds"] == 1:
         return f"{row[key]:.{digits}f}"
     return f"{row[key]:.{digits}f} ± {row[key + '_std']:.{digits}f}"
 
 
-def _ci(interval: dict[str, float]) -> str:
+def ci_text(interval: dict[str, float]) -> str:
     return f"[{interval['low']:.3f}, {interval['high']:.3f}]"
 
 
@@ -231,8 +231,8 @@ def markdown(report: dict[str, Any], command: str, store: str) -> str:
     for row in report["table"]:
         lines.append(
             f"| {row['classes']}-class | {row['strategy']} | {row['fraction']:g} | {row['seeds']} | "
-            f"{_mean_std(row, 'accuracy')} | {_ci(row['accuracy_ci'])} | {_mean_std(row, 'macro_f1')} | "
-            f"{_ci(row['macro_f1_ci'])} | {_mean_std(row, 'train_seconds', 0)} | {_mean_std(row, 'best_epoch', 1)} |"
+            f"{mean_std(row, 'accuracy')} | {ci_text(row['accuracy_ci'])} | {mean_std(row, 'macro_f1')} | "
+            f"{ci_text(row['macro_f1_ci'])} | {mean_std(row, 'train_seconds', 0)} | {mean_std(row, 'best_epoch', 1)} |"
         )
     if report["margins"]:
         lines += [
@@ -246,7 +246,7 @@ def markdown(report: dict[str, Any], command: str, store: str) -> str:
         ]
         lines += [
             f"| {m['fraction']:g} | {m['best_pretrained']} | {m['pretrained_accuracy']:.4f} | "
-            f"{m['scratch_accuracy']:.4f} | {m['margin']:+.4f} | {_ci(m['margin_ci'])} |"
+            f"{m['scratch_accuracy']:.4f} | {m['margin']:+.4f} | {ci_text(m['margin_ci'])} |"
             for m in report["margins"]
         ]
     lines += ["", "## Targets", "", "| target | measured | where | met |", "|---|---|---|---|"]

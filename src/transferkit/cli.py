@@ -282,6 +282,9 @@ def tune(
 def ensemble(
     models: list[Path] = typer.Argument(..., help="trained checkpoints (model.pt) that share their frozen units"),
     params: Path = ParamsOption,
+    sets: list[str] = typer.Option(
+        [], "--set", "-S", help="dotted override KEY=VALUE, e.g. -S paths.prepared=studies/default/prepared/ID/data"
+    ),
     out: Path = typer.Option(Path("models/ensemble"), help="folder for model.onnx and ensemble.json"),
     tta: bool = typer.Option(False, help="also average over the augmentation preset's views (flips, quarter turns)"),
 ) -> None:
@@ -290,7 +293,7 @@ def ensemble(
     from transferkit.export.ensemble import run_ensemble
 
     try:
-        resolved = load_params(params)
+        resolved = load_params(params, _parse_sets(sets))
         report = run_ensemble(
             models,
             Path(resolved.paths.prepared),

@@ -15,8 +15,10 @@ from typing import Any
 
 from transferkit.config import Params
 from transferkit.io import write_json, write_text
+from transferkit.study import stats
+from transferkit.study.grid import Cell, base_raw, cell_params
 from transferkit.study.report import Group, ci_text, flatten, mean_std, summarize
-from transferkit.study.store import identity, load_records, ran_with
+from transferkit.study.store import decode_labels, find, identity, load_records, ran_with
 
 PIPELINE = "the pipeline's recipe (params.yaml)"
 
@@ -28,9 +30,32 @@ def recipe_label(record: dict[str, Any], reference: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value}" for key, value in sorted(changed.items())) or PIPELINE
 
 
+def pipeline_twins(group: Group, params: Params, stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The study store's cells of the pipeline's own recipe with ``group``'s task, strategy, fraction and seeds."""
+    base, root = base_raw(params), Path(params.study.root)
+    cells = [Cell(group.classes, group.strategy, group.fraction, r["seed"]) for r in group.records]
+    found = [find(stored, cell.name, cell_params(base, cell, root)) for cell in cells]
+    return [record for record in found if record is not None]
+
+
+def versus_pipeline(group: Group, twins: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean accuracy minus the pipeline recipe's on the same seeds, with a paired interval over test images."""
+    if not twins or any((decode_labels(t["test"]["labels"]) != group.labels).any() for t in twins):
+        return {"pipeline_seeds": 0}
+    pipeline = Group(group.classes, group.strategy, group.fraction, twins)
+    return {
+        "pipeline_seeds": len(twins),
+        "pipeline_accuracy": float(pipeline.values("metrics", "accuracy").mean()),
+        "margin": float(group.values("metrics", "accuracy").mean() - pipeline.values("metrics", "accuracy").mean()),
+        "margin_ci": stats.margin_interval(group.labels, group.runs, pipeline.runs, group.classes).as_dict(),
+    }
+
+
 def recipe_rows(records: list[dict[str, Any]], reference: Params) -> list[dict[str, Any]]:
-    """One row per recipe, best mean test accuracy first."""
+    """One row per recipe, best mean test accuracy first, each against the pipeline's recipe where the
+    study store has its cells (``study.store`` of ``reference``)."""
     baseline = flatten(identity(reference))
+    stored = load_records(Path(reference.study.store))
     grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         grouped[recipe_label(record, baseline)].append(record)
@@ -39,8 +64,15 @@ def recipe_rows(records: list[dict[str, Any]], reference: Params) -> list[dict[s
         first = runs[0]
         group = Group(first["classes"], first["strategy"], first["fraction"], sorted(runs, key=lambda r: r["seed"]))
         cell_seconds = sum(r["training"]["cell_seconds"] for r in runs) / len(runs)
-        rows.append({"recipe": label, **summarize(group), "cell_seconds": cell_seconds})
+        comparison = versus_pipeline(group, pipeline_twins(group, reference, stored))
+        rows.append({"recipe": label, **summarize(group), "cell_seconds": cell_seconds, **comparison})
     return sorted(rows, key=lambda row: -row["accuracy"])
+
+
+def _versus_text(row: dict[str, Any]) -> str:
+    if not row["pipeline_seeds"]:
+        return "-"
+    return f"{row['margin']:+.4f} {ci_text(row['margin_ci'])} ({row['pipeline_seeds']} seeds)"
 
 
 def write_recipes(reference: Params, store: Path, out: Path, command: str) -> list[dict[str, Any]]:
@@ -54,14 +86,16 @@ def write_recipes(reference: Params, store: Path, out: Path, command: str) -> li
         "params where its tries ran differently from the pipeline's (seed aside). Accuracy and",
         "macro-F1 are test-split means ± std over seeds, with the 95 % bootstrap interval over test",
         "images; seconds are per try (training alone, and the whole cell), with the threads and",
-        "machine each record names.",
+        "machine each record names. The last column is the mean accuracy minus the pipeline's recipe",
+        "on the same task, strategy, fraction and seeds (its cells in `study.store`), with a paired",
+        "95 % interval: both sides scored on the same resampled test images.",
         "",
-        "| recipe | seeds | accuracy | 95 % CI | macro-F1 | 95 % CI | train s | cell s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| recipe | seeds | accuracy | 95 % CI | macro-F1 | 95 % CI | train s | cell s | vs the pipeline's recipe |",
+        "|---|---|---|---|---|---|---|---|---|",
         *(
             f"| {row['recipe']} | {row['seeds']} | {mean_std(row, 'accuracy')} | {ci_text(row['accuracy_ci'])} | "
             f"{mean_std(row, 'macro_f1')} | {ci_text(row['macro_f1_ci'])} | {row['train_seconds']:.0f} | "
-            f"{row['cell_seconds']:.0f} |"
+            f"{row['cell_seconds']:.0f} | {_versus_text(row)} |"
             for row in rows
         ),
     ]

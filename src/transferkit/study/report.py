@@ -118,10 +118,6 @@ def margins(groups: list[Group], rows: list[dict[str, Any]]) -> list[dict[str, A
             continue
         best, best_row = max(pretrained, key=lambda pair: pair[1]["accuracy"])
         scratch, scratch_row = by_key[(2, "scratch", fraction)]
-        idx = stats.resample_indices(len(best.labels))
-        difference = stats.seed_mean(best.labels, best.runs, 2, "accuracy", idx) - stats.seed_mean(
-            scratch.labels, scratch.runs, 2, "accuracy", idx
-        )
         out.append(
             {
                 "fraction": fraction,
@@ -129,7 +125,7 @@ def margins(groups: list[Group], rows: list[dict[str, Any]]) -> list[dict[str, A
                 "pretrained_accuracy": best_row["accuracy"],
                 "scratch_accuracy": scratch_row["accuracy"],
                 "margin": best_row["accuracy"] - scratch_row["accuracy"],
-                "margin_ci": stats.interval(difference).as_dict(),
+                "margin_ci": stats.margin_interval(best.labels, best.runs, scratch.runs, 2).as_dict(),
             }
         )
     return out

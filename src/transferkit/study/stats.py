@@ -71,3 +71,11 @@ def headline_intervals(labels: np.ndarray, runs: list[np.ndarray], classes: int)
         f"{metric}_ci": interval(seed_mean(labels, runs, classes, metric, idx)).as_dict()
         for metric in ("accuracy", "macro_f1")
     }
+
+
+def margin_interval(labels: np.ndarray, first: list[np.ndarray], second: list[np.ndarray], classes: int) -> Interval:
+    """95 % interval of mean accuracy of ``first`` minus ``second``, both scored on the same resampled test images."""
+    idx = resample_indices(len(labels))
+    return interval(
+        seed_mean(labels, first, classes, "accuracy", idx) - seed_mean(labels, second, classes, "accuracy", idx)
+    )

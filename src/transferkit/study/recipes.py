@@ -72,7 +72,8 @@ def recipe_rows(records: list[dict[str, Any]], reference: Params) -> list[dict[s
 def _versus_text(row: dict[str, Any]) -> str:
     if not row["pipeline_seeds"]:
         return "-"
-    return f"{row['margin']:+.4f} {ci_text(row['margin_ci'])} ({row['pipeline_seeds']} seeds)"
+    seeds = row["pipeline_seeds"]
+    return f"{row['margin']:+.4f} {ci_text(row['margin_ci'])} ({seeds} seed{'s' if seeds > 1 else ''})"
 
 
 def write_recipes(reference: Params, store: Path, out: Path, command: str) -> list[dict[str, Any]]:

@@ -13,6 +13,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from transferkit.config import Params
 from transferkit.io import write_json, write_text
 from transferkit.study import stats
@@ -40,13 +42,14 @@ def pipeline_twins(group: Group, params: Params, stored: list[dict[str, Any]]) -
 
 def versus_pipeline(group: Group, twins: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean accuracy minus the pipeline recipe's on the same seeds, with a paired interval over test images."""
-    if not twins or any((decode_labels(t["test"]["labels"]) != group.labels).any() for t in twins):
-        return {"pipeline_seeds": 0}
+    if not twins or not all(np.array_equal(decode_labels(t["test"]["labels"]), group.labels) for t in twins):
+        return {"pipeline_seeds": 0}  # no twin, or one scored on another test set: nothing to pair with
     pipeline = Group(group.classes, group.strategy, group.fraction, twins)
+    pipeline_accuracy = float(pipeline.values("metrics", "accuracy").mean())
     return {
         "pipeline_seeds": len(twins),
-        "pipeline_accuracy": float(pipeline.values("metrics", "accuracy").mean()),
-        "margin": float(group.values("metrics", "accuracy").mean() - pipeline.values("metrics", "accuracy").mean()),
+        "pipeline_accuracy": pipeline_accuracy,
+        "margin": float(group.values("metrics", "accuracy").mean()) - pipeline_accuracy,
         "margin_ci": stats.margin_interval(group.labels, group.runs, pipeline.runs, group.classes).as_dict(),
     }
 

@@ -1,5 +1,5 @@
-"""The recipe search's table: tries grouped by how their params differ from the pipeline's, seeds together,
-each compared with the pipeline's own cells on the same seeds."""
+"""The recipe search's table: tries grouped by how their params differ from the study's recipe, seeds
+together, each compared with the study's own cells on the same seeds."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tests.unit.test_study_store import record_of
 from transferkit.config import Params, parse_params
 from transferkit.io import read_json
 from transferkit.study.grid import Cell, base_raw, cell_params
-from transferkit.study.recipes import PIPELINE, write_recipes
+from transferkit.study.recipes import STUDY_RECIPE, write_recipes
 from transferkit.study.store import cell_key, identity, write_record
 
 
@@ -33,23 +33,29 @@ def tried(store: Path, params: Params, seed: int, seconds: float, perfect: bool 
 
 
 def test_seeds_of_a_recipe_are_one_row_named_by_what_differs(tmp_path: Path) -> None:
-    reference = parse_params({"study": {"store": str(tmp_path / "study"), "root": str(tmp_path / "work")}})
+    # The pipeline has moved to 300 px while the grid stays pinned at 224 px: rows are named, and
+    # compared, against the grid's recipe.
+    study = {"store": str(tmp_path / "study"), "root": str(tmp_path / "work"), "overrides": {"data.image_size": 224}}
+    reference = parse_params({"data": {"image_size": 300}, "study": study})
     store = tmp_path / "cells"
-    for seed, seconds in ((0, 100.0), (1, 120.0)):
-        tried(store, parse_params({"train": {"seed": seed}}), seed, seconds)
-    tried(store, parse_params({"data": {"image_size": 300}, "train": {"seed": 0}}), 0, 250.0)
-    pipeline_cell = cell_params(base_raw(reference), Cell(2, "finetune", 1.0, 0), tmp_path / "work")
-    tried(tmp_path / "study", pipeline_cell, 0, 90.0, perfect=True)
+    for seed, seconds in ((1, 100.0), (2, 120.0)):  # the study's recipe on seeds beyond the grid's
+        tried(store, parse_params({"data": {"image_size": 224}, "train": {"seed": seed}}), seed, seconds)
+    for seed in (0, 1):
+        tried(store, parse_params({"data": {"image_size": 300}, "train": {"seed": seed}}), seed, 250.0)
+    study_cell = cell_params(base_raw(reference), Cell(2, "finetune", 1.0, 0), tmp_path / "work")
+    tried(tmp_path / "study", study_cell, 0, 90.0, perfect=True)
 
     rows = write_recipes(reference, store, tmp_path / "out", "transferkit recipes")
 
     by_recipe = {row["recipe"]: row for row in rows}
-    assert {label: row["seeds"] for label, row in by_recipe.items()} == {PIPELINE: 2, "data.image_size=300": 1}
-    assert by_recipe[PIPELINE]["train_seconds"] == 110.0
+    assert {label: row["seeds"] for label, row in by_recipe.items()} == {STUDY_RECIPE: 2, "data.image_size=300": 2}
+    assert by_recipe[STUDY_RECIPE]["train_seconds"] == 110.0
     assert by_recipe["data.image_size=300"]["cell_seconds"] == 260.0
-    # Only seed 0 of the pipeline's recipe is in the study store: the 300 px try is compared with it alone.
+    # Seed 0 of the study's recipe is in the study store (a perfect score), seed 1 in the recipe store
+    # (0.8): the 300 px tries (0.8 each) are compared with both.
     versus = by_recipe["data.image_size=300"]
-    assert (versus["pipeline_seeds"], versus["pipeline_accuracy"]) == (1, 1.0)
-    assert versus["margin"] == pytest.approx(-0.2) and versus["margin_ci"]["high"] <= 0.0
+    assert (versus["study_seeds"], versus["study_accuracy"]) == (2, 0.9)
+    assert versus["margin"] == pytest.approx(-0.1) and versus["margin_ci"]["high"] <= 0.0
+    assert by_recipe[STUDY_RECIPE]["study_seeds"] == 0  # not compared with itself
     assert read_json(tmp_path / "out" / "results.json")["command"] == "transferkit recipes"
-    assert "| data.image_size=300 | 1 | 0.8000 |" in (tmp_path / "out" / "README.md").read_text()
+    assert "| data.image_size=300 | 2 | 0.8000 ± 0.0000 |" in (tmp_path / "out" / "README.md").read_text()

@@ -232,16 +232,20 @@ def study(
 def recipes(
     params: Path = ParamsOption,
     store: Path = typer.Option(Path("docs/recipes/cells"), help="results store of the recipe tries"),
+    ensembles: Path = typer.Option(
+        Path("docs/recipes/ensembles"), help="ensembles kept by `transferkit ensemble --record`"
+    ),
     out: Path = typer.Option(Path("docs/recipes"), help="folder of the table (README.md, results.json)"),
 ) -> None:
-    """Table of every recipe tried (study cells run with `study.overrides` into STORE), from the records alone."""
+    """Table of every recipe tried (study cells run with `study.overrides` into STORE, and recorded
+    ensembles), from the records alone."""
     from transferkit.config import load_params
     from transferkit.study.recipes import write_recipes
 
-    options = [f"--store {shlex.quote(str(store))}", f"--out {shlex.quote(str(out))}"]
-    command = exact_command("transferkit recipes", params, options)
+    options = [f"--{name} {shlex.quote(str(value))}" for name, value in (("store", store), ("ensembles", ensembles))]
+    command = exact_command("transferkit recipes", params, [*options, f"--out {shlex.quote(str(out))}"])
     try:
-        rows = write_recipes(load_params(params), store, out, command)
+        rows = write_recipes(load_params(params), store, ensembles, out, command)
     except TransferkitError as error:
         raise _fail(error) from None
     console.print(f"recipes: {out}/README.md ({len(rows)} recipes)")
@@ -287,10 +291,14 @@ def ensemble(
     ),
     out: Path = typer.Option(Path("models/ensemble"), help="folder for model.onnx and ensemble.json"),
     tta: bool = typer.Option(False, help="also average over the augmentation preset's views (flips, quarter turns)"),
+    record: Path | None = typer.Option(
+        None, help="also keep the report as a recipe try, named after --out, in this folder (docs/recipes/ensembles)"
+    ),
 ) -> None:
     """Export models sharing a frozen trunk as one ONNX graph (trunk once, tops averaged) and measure it on test."""
     from transferkit.config import load_params
     from transferkit.export.ensemble import run_ensemble
+    from transferkit.io import write_json
 
     try:
         resolved = load_params(params, _parse_sets(sets))
@@ -304,6 +312,8 @@ def ensemble(
         )
     except TransferkitError as error:
         raise _fail(error) from None
+    if record:
+        write_json(record / f"{out.name}.json", report)
     labelled = [*zip(map(str, models), report["members_alone"], strict=True)]
     labelled.append(("ensemble" + (" + TTA" if tta else ""), report["ensemble"]))
     for label, figures in labelled:

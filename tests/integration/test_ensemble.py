@@ -17,6 +17,7 @@ from transferkit.data.cache import PreparedData
 from transferkit.export.contract import read_metadata
 from transferkit.serving.onnx_model import OnnxClassifier
 from transferkit.stages import prepare, train
+from transferkit.study.recipes import ensemble_tries
 from transferkit.training.checkpoint import MODEL
 
 TRANSFERKIT = [sys.executable, "-m", "transferkit.cli"]
@@ -51,12 +52,18 @@ def test_tops_on_one_trunk_export_as_one_graph_with_tta(tmp_path: Path, elpv_sub
     prepare.run(params)
     members = [trained(params, f"seed{seed}", seed=seed) for seed in (0, 1)]
     members.append(trained(params, "linear", strategy="linear"))  # all units frozen: shares the finetune trunk
-    run = run_tool(ensemble_command(tmp_path, params, members, "--tta"), REPO)
+    run = run_tool(ensemble_command(tmp_path, params, members, "--tta", "--record", str(tmp_path / "tries")), REPO)
     out = tmp_path / "ensemble"
     report = json.loads((out / "ensemble.json").read_text())
     assert report["shared_cut"] == params.train.frozen_units and report["tta_views"] == list(range(8))
     assert len(report["members_alone"]) == 3 and report["parity"]["passed"]
     assert "ensemble + TTA: test accuracy" in run.stderr
+
+    # Kept as a recipe try: the members' recipes and seeds, read back from their checkpoints.
+    (kept,) = ensemble_tries(tmp_path / "tries")
+    assert kept["member_seeds"] == [0, 1, 0] and kept["tta_views"] == 8
+    assert [m["train"]["strategy"] for m in kept["members"]] == ["finetune", "finetune", "linear"]
+    assert kept["metrics"]["accuracy"] == report["ensemble"]["accuracy"]
 
     # The graph keeps the contract: the server's classifier loads it, warms up, and its predictions
     # on the test split are the ones the report measured.

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+import re
+import shlex
+
 import pytest
 import yaml
 
 from tests.conftest import REPO, run_tool
+from transferkit.cli import _parse_sets
 from transferkit.config import Params, load_params, parse_params
 from transferkit.errors import ConfigError
 
@@ -30,6 +35,26 @@ def test_params_file_and_code_defaults_are_one_recipe() -> None:
         if key not in raw.get(section, {}) or in_file[section][key] != value
     }
     assert not differing, f"params.yaml vs config.py defaults (code, file): {differing}"
+
+
+def documented_experiments() -> list[list[str]]:
+    """The ``-S`` items of every ``dvc exp run`` that the README, the docs and params.yaml print."""
+    files = [REPO / "README.md", REPO / "params.yaml", *sorted((REPO / "docs").glob("*.md"))]
+    commands = [m for f in files for m in re.findall(r"dvc exp run ([^`\n]*-S[^`\n]*)", f.read_text())]
+    sets = []
+    for command in commands:
+        words = shlex.split(command.rstrip("\\ "))
+        pairs = itertools.pairwise(words)
+        sets.append([value for flag, value in pairs if flag in ("-S", "--set-param") and "=" in value])
+    return [items for items in sets if items]  # prose such as "`dvc exp run -S ...`" names no params
+
+
+def test_every_documented_experiment_names_valid_params() -> None:
+    """A preset in the docs (the GPU recipe, "best") must still run when a param is renamed or narrowed."""
+    experiments = documented_experiments()
+    assert len(experiments) >= 3, experiments
+    for sets in experiments:
+        load_params(REPO / "params.yaml", _parse_sets(sets))  # raises ConfigError naming the key
 
 
 def _error(raw: dict) -> str:

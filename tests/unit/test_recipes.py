@@ -9,7 +9,7 @@ import pytest
 
 from tests.unit.test_study_store import record_of
 from transferkit.config import Params, parse_params
-from transferkit.io import read_json
+from transferkit.io import read_json, write_json
 from transferkit.study.grid import Cell, base_raw, cell_params
 from transferkit.study.recipes import STUDY_RECIPE, write_recipes
 from transferkit.study.store import cell_key, identity, write_record
@@ -45,10 +45,34 @@ def test_seeds_of_a_recipe_are_one_row_named_by_what_differs(tmp_path: Path) -> 
     study_cell = cell_params(base_raw(reference), Cell(2, "finetune", 1.0, 0), tmp_path / "work")
     tried(tmp_path / "study", study_cell, 0, 90.0, perfect=True)
 
-    rows = write_recipes(reference, store, tmp_path / "out", "transferkit recipes")
+    # An ensemble of the 300 px seeds 0 and 1 with TTA, as `transferkit ensemble --record` keeps it.
+    members = [parse_params({"data": {"image_size": 300}, "train": {"seed": seed}}) for seed in (0, 1)]
+    labels = record_of({})["test"]["labels"]
+    write_json(
+        tmp_path / "ensembles" / "tta.json",
+        {
+            "members_trained": [
+                {"params": m.model_dump(mode="json", include={"data", "model", "train"}), "train_seconds": 250.0}
+                | {"best_epoch": 3}
+                for m in members
+            ],
+            "tta_views": list(range(8)),
+            "classes": 2,
+            "ms_per_image_batch8": {"ensemble": 80.0, "one_member": 10.0},
+            "seconds": 20.0,
+            "test": {"labels": labels, "predicted": labels},
+        },
+    )
+
+    rows = write_recipes(reference, store, tmp_path / "ensembles", tmp_path / "out", "transferkit recipes")
 
     by_recipe = {row["recipe"]: row for row in rows}
-    assert {label: row["seeds"] for label, row in by_recipe.items()} == {STUDY_RECIPE: 2, "data.image_size=300": 2}
+    ensemble = "data.image_size=300; ensemble of 2 + TTA (8 views)"
+    assert {label: row["seeds"] for label, row in by_recipe.items()} == {
+        STUDY_RECIPE: 2,
+        "data.image_size=300": 2,
+        ensemble: 1,
+    }
     assert by_recipe[STUDY_RECIPE]["train_seconds"] == 110.0
     assert by_recipe["data.image_size=300"]["cell_seconds"] == 260.0
     # Seed 0 of the study's recipe is in the study store (a perfect score), seed 1 in the recipe store
@@ -57,5 +81,10 @@ def test_seeds_of_a_recipe_are_one_row_named_by_what_differs(tmp_path: Path) -> 
     assert (versus["study_seeds"], versus["study_accuracy"]) == (2, 0.9)
     assert versus["margin"] == pytest.approx(-0.1) and versus["margin_ci"]["high"] <= 0.0
     assert by_recipe[STUDY_RECIPE]["study_seeds"] == 0  # not compared with itself
+    # The ensemble: accuracy from its own predictions, both members' training, 8x the inference of
+    # one model, compared with the study's recipe at its members' seeds.
+    row = by_recipe[ensemble]
+    assert (row["accuracy"], row["train_seconds"], row["cell_seconds"], row["inference_cost"]) == (1.0, 500, 520, 8)
+    assert (row["study_seeds"], row["margin"]) == (2, pytest.approx(0.1))
     assert read_json(tmp_path / "out" / "results.json")["command"] == "transferkit recipes"
     assert "| data.image_size=300 | 2 | 0.8000 ± 0.0000 |" in (tmp_path / "out" / "README.md").read_text()

@@ -31,6 +31,7 @@ from transferkit.io import atomic_write, write_json
 from transferkit.onnx_runtime import CPU, create_session
 from transferkit.stages.export import onnx_logits
 from transferkit.study import stats
+from transferkit.study.store import encode_labels
 from transferkit.training.augment import PRESETS
 from transferkit.training.checkpoint import checkpoint_temperature, load_checkpoint, model_from_checkpoint
 from transferkit.training.feature_cache import apply_view
@@ -145,7 +146,12 @@ def headline(logits: np.ndarray, raw: np.ndarray, test: TestSplit) -> dict[str, 
 def run_ensemble(
     paths: list[Path], prepared_root: Path, out: Path, tta: bool, tolerance: float, bins: int
 ) -> dict[str, Any]:
-    """Build, verify and measure the ensemble of ``paths``; write ``model.onnx`` and ``ensemble.json`` to ``out``."""
+    """Build, verify and measure the ensemble of ``paths``; write ``model.onnx`` and ``ensemble.json`` to ``out``.
+
+    The report keeps what the recipe table needs to list the ensemble as a try (``transferkit
+    recipes``): each member's params and training cost, and the ensemble's test predictions.
+    """
+    started = time.perf_counter()
     members = load_members(paths)
     prepared = PreparedData.load(prepared_root)
     test = prepared.indices("test")
@@ -180,6 +186,13 @@ def run_ensemble(
         "parity": parity.as_dict(),
         "ms_per_image_batch8": cost,
         "size_bytes": len(model_bytes),
+        "classes": len(split.names),
+        "members_trained": [
+            {"params": m.meta["params"], **{k: m.meta["training"][k] for k in ("train_seconds", "best_epoch")}}
+            for m in members
+        ],
+        "test": {"labels": encode_labels(labels), "predicted": encode_labels(reference.argmax(1))},
+        "seconds": round(time.perf_counter() - started, 1),
     }
     with atomic_write(out / "model.onnx") as handle:
         handle.write(model_bytes)

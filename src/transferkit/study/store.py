@@ -131,6 +131,15 @@ def load_records(store: Path) -> list[dict[str, Any]]:
     return records
 
 
+def test_metrics(test: dict[str, str]) -> dict[str, float]:
+    """Accuracy and macro-F1 of the encoded test ``labels`` and ``predicted``: the figures a record may claim."""
+    labels, predicted = decode_labels(test["labels"]), decode_labels(test["predicted"])
+    return {
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+    }
+
+
 def verify(record: dict[str, Any]) -> None:
     """Recompute the record's key and headline figures; a mismatch means a damaged or edited record."""
     if identity_key(record["params"]) != record["key"]:
@@ -138,12 +147,7 @@ def verify(record: dict[str, Any]) -> None:
             f"study record {record['name']} has key {record['key']} but its params hash to "
             f"{identity_key(record['params'])}; restore it from git or delete it and rerun the study"
         )
-    labels, predicted = decode_labels(record["test"]["labels"]), decode_labels(record["test"]["predicted"])
-    recomputed = {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
-    }
-    for key, value in recomputed.items():
+    for key, value in test_metrics(record["test"]).items():
         if abs(record["metrics"][key] - value) > 1e-9:
             raise DataError(
                 f"study record {record['name']} says {key} {record['metrics'][key]:.6f} but its predictions "

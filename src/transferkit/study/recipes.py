@@ -78,27 +78,37 @@ def try_label(record: dict[str, Any], reference: dict[str, Any]) -> str:
     return f"{recipes}; ensemble of {len(record['members'])}" + (f" + TTA ({views} views)" if views > 1 else "")
 
 
-def study_twins(group: Group, params: Params, stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The study store's cells of the study's own recipe with ``group``'s task, strategy, fraction and
-    seeds (an ensemble's: its members' seeds)."""
+def seeds_of(record: dict[str, Any]) -> list[int]:
+    """The seeds a try trained: an ensemble's members', or the record's own."""
+    return record.get("member_seeds", [record["seed"]])
+
+
+def study_twins(group: Group, params: Params, stored: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """By seed, the stored cells of the study's own recipe with ``group``'s task, strategy, fraction and seeds."""
     base, root = base_raw(params), Path(params.study.root)
-    seeds = sorted({seed for r in group.records for seed in r.get("member_seeds", [r["seed"]])})
-    cells = [Cell(group.classes, group.strategy, group.fraction, seed) for seed in seeds]
-    found = [find(stored, cell.name, cell_params(base, cell, root)) for cell in cells]
-    return [record for record in found if record is not None]
+    twins = {}
+    for seed in sorted({seed for r in group.records for seed in seeds_of(r)}):
+        cell = Cell(group.classes, group.strategy, group.fraction, seed)
+        if (record := find(stored, cell.name, cell_params(base, cell, root))) is not None:
+            twins[seed] = record
+    return twins
 
 
-def versus_study(group: Group, twins: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean accuracy minus the study recipe's on the same seeds, with a paired interval over test images."""
-    if not twins or not all(np.array_equal(decode_labels(t["test"]["labels"]), group.labels) for t in twins):
+def versus_study(group: Group, twins: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Mean accuracy minus the study recipe's on the same seeds, with a paired interval over test
+    images: only the tries whose seeds the study's recipe also ran take part, against those twins."""
+    paired = [r for r in group.records if all(seed in twins for seed in seeds_of(r))]
+    used = [twins[seed] for seed in sorted({seed for r in paired for seed in seeds_of(r)})]
+    if not used or not all(np.array_equal(decode_labels(t["test"]["labels"]), group.labels) for t in used):
         return {"study_seeds": 0}  # no twin, or one scored on another test set: nothing to pair with
-    study = Group(group.classes, group.strategy, group.fraction, twins)
+    tries = Group(group.classes, group.strategy, group.fraction, paired)
+    study = Group(group.classes, group.strategy, group.fraction, used)
     study_accuracy = float(study.values("metrics", "accuracy").mean())
     return {
-        "study_seeds": len(twins),
+        "study_seeds": len(used),
         "study_accuracy": study_accuracy,
-        "margin": float(group.values("metrics", "accuracy").mean()) - study_accuracy,
-        "margin_ci": stats.margin_interval(group.labels, group.runs, study.runs, group.classes).as_dict(),
+        "margin": float(tries.values("metrics", "accuracy").mean()) - study_accuracy,
+        "margin_ci": stats.margin_interval(group.labels, tries.runs, study.runs, group.classes).as_dict(),
     }
 
 

@@ -312,8 +312,8 @@ def ensemble(
         )
     except TransferkitError as error:
         raise _fail(error) from None
-    if record:
-        write_json(record / f"{out.name}.json", report)
+    if record:  # without the members' paths, which are this machine's; their params identify them
+        write_json(record / f"{out.name}.json", {k: v for k, v in report.items() if k != "members"})
     labelled = [*zip(map(str, models), report["members_alone"], strict=True)]
     labelled.append(("ensemble" + (" + TTA" if tta else ""), report["ensemble"]))
     for label, figures in labelled:

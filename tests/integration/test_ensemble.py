@@ -64,6 +64,7 @@ def test_tops_on_one_trunk_export_as_one_graph_with_tta(tmp_path: Path, elpv_sub
     assert kept["member_seeds"] == [0, 1, 0] and kept["tta_views"] == 8
     assert [m["train"]["strategy"] for m in kept["members"]] == ["finetune", "finetune", "linear"]
     assert kept["metrics"]["accuracy"] == report["ensemble"]["accuracy"]
+    assert str(tmp_path) not in (tmp_path / "tries" / "ensemble.json").read_text()  # no machine paths
 
     # The graph keeps the contract: the server's classifier loads it, warms up, and its predictions
     # on the test split are the ones the report measured.

@@ -99,7 +99,7 @@ class TrainParams(Section):
     device: Device = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
-    epochs: Annotated[int, Field(ge=1)] = 12
+    epochs: Annotated[int, Field(ge=1)] = 24
     batch_size: Annotated[int, Field(ge=1)] = 32
     lr: PositiveFloat = 1e-3
     backbone_lr_factor: Annotated[float, Field(gt=0, le=1)] = 0.3
@@ -185,15 +185,16 @@ class StudyParams(Section):
     Every cell is the pipeline's own params plus ``overrides`` (dotted keys, e.g. a smaller
     image size for a CPU run) and its strategy, training fraction and seed. ``root`` holds the
     cells' working files (gitignored); ``store`` their records, which are committed. The grid
-    ran at 224 px, before the default moved to 300 px on its recipe search: ``overrides`` keeps
-    it there, so its 72 committed cells stay its cells (a changed recipe is a new grid).
+    ran at 224 px and 12 epochs, before the default moved to 300 px and 24 epochs on its recipe
+    search: ``overrides`` keeps it there, so its 72 committed cells stay its cells (a changed
+    recipe is a new grid).
     """
 
     strategies: list[Strategy] = ["linear", "finetune", "gradual", "scratch"]
     fractions: list[Annotated[float, Field(gt=0, le=1)]] = [0.05, 0.1, 0.25, 0.5, 1.0]
     seeds: list[int] = [0, 1, 2]
     four_class: bool = True
-    overrides: dict[str, Any] = {"data.image_size": 224}
+    overrides: dict[str, Any] = {"data.image_size": 224, "train.epochs": 12}
     root: str = "studies/default"
     store: str = "docs/study/cells"
     report: str = "docs/study"

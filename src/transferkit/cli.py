@@ -209,11 +209,12 @@ def study(
 ) -> None:
     """Run the strategy x data-fraction x seed grid (params `study:`) and write its report."""
     from transferkit.config import load_params
-    from transferkit.study.report import write_report
+    from transferkit.study.report import check_report_folder, write_report
     from transferkit.study.runner import run_study
 
     try:
         resolved = load_params(params, _parse_sets(sets))
+        check_report_folder(resolved)
         outcome = None if report_only else run_study(resolved, jobs, dask_address)
         report = write_report(resolved, report_command(params, sets))
     except TransferkitError as error:

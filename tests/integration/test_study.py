@@ -94,6 +94,13 @@ def test_mini_grid_runs_reports_and_skips_stored_cells(tmp_path: Path, elpv_subs
     assert len(report["cells"]) == 1 and report["other_records"] == 4
     assert report["recipe"]["train.epochs"] == 2
 
+    # A recipe try with its own store must not overwrite this grid's report.
+    before_report = (tmp_path / "report" / "results.json").read_bytes()
+    try_store = f"study.store={tmp_path / 'tries'}"
+    other = run_tool([*TRANSFERKIT, "study", "-p", str(params), "--report-only", "-S", try_store], REPO, False)
+    assert other.returncode == 2 and "-S study.report=" in other.stderr
+    assert (tmp_path / "report" / "results.json").read_bytes() == before_report
+
     edited = json.loads(files[0].read_text())
     edited["metrics"]["accuracy"] += 0.05
     files[0].write_text(json.dumps(edited))

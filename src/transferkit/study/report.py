@@ -325,6 +325,21 @@ def plot_confusion_4class(groups: list[Group], rows: list[dict[str, Any]], path:
     return True
 
 
+def check_report_folder(params: Params) -> None:
+    """Refuse to overwrite another store's report, before any cell trains: a recipe try run with
+    only ``study.store`` changed would otherwise replace the grid's committed report with its own
+    few cells."""
+    existing = Path(params.study.report) / "results.json"
+    if not existing.is_file():
+        return
+    owner = read_json(existing).get("store")
+    if owner is not None and Path(owner) != Path(params.study.store):
+        raise ConfigError(
+            f"{params.study.report} holds the report of the cells in {owner}, not {params.study.store}; "
+            "give this store its own report folder, e.g. -S study.report=studies/recipes/report"
+        )
+
+
 def write_report(params: Params, command: str) -> dict[str, Any]:
     """Build the report in ``study.report`` from the store's records of the current grid; returns it."""
     out = Path(params.study.report)
@@ -346,6 +361,7 @@ def write_report(params: Params, command: str) -> dict[str, Any]:
         figures.append(FIGURES[2])
     report = {
         "command": command,
+        "store": params.study.store,
         "cells": [{"name": r["name"], "key": r["key"]} for r in records],
         "planned": len(study_cells(params.study)),
         "other_records": others,

@@ -18,6 +18,7 @@ from tests.conftest import shrunk_params, tool_env
 from transferkit.data.sources import list_samples
 from transferkit.errors import DataError
 from transferkit.stages import evaluate, export, gate, prepare, train
+from transferkit.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -87,10 +88,14 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path: Path, elpv_s
     os.killpg(process.pid, signal.SIGKILL)  # kill -9, mid-training
     process.wait()
     assert process.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    restored = load_checkpoint(last)["trainer"]["history"]
+    assert restored and all(epoch["seconds"] > 0 for epoch in restored)
 
     result = subprocess.run(command, cwd=tmp_path, env=tool_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "resuming after epoch" in result.stderr
     summary = json.loads((Path(params.paths.train_reports) / "metrics.json").read_text())
     assert summary["epochs_run"] == 40
+    assert summary["resumed_after_epoch"] == len(restored)
+    assert summary["train_seconds"] > sum(epoch["seconds"] for epoch in restored)  # counts them too
     assert not last.exists()  # a finished run leaves nothing to resume

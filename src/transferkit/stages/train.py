@@ -199,6 +199,10 @@ def _run(params: Params, on_epoch: Callable[[EpochRecord], None] | None, world: 
     meta["fingerprint"] = meta["params_hash"] + meta["data_hash"]
     checkpoints = Path(params.paths.checkpoints)
     _resume(trainer, model, checkpoints / LAST, meta["fingerprint"])
+    # A resumed run's training time counts the epochs it restored, so the study's time axis and
+    # a tuning trial's cost do not shrink when a worker died mid-cell.
+    restored = trainer.next_epoch
+    restored_seconds = sum(r.seconds for r in trainer.history)
     if not world.is_main:  # the other ranks train their share; rank 0 writes everything
         while not trainer.should_stop():
             trainer.run_epoch(trainer.next_epoch, train_batches, val_batches)
@@ -234,7 +238,8 @@ def _run(params: Params, on_epoch: Callable[[EpochRecord], None] | None, world: 
             "val_macro_f1": best_record["val_macro_f1"],
             "val_loss": best_record["val_loss"],
             "train_images": len(train_batches),
-            "train_seconds": round(time.perf_counter() - started, 1),
+            "train_seconds": round(time.perf_counter() - started + restored_seconds, 1),
+            "resumed_after_epoch": restored,
             "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 1),
             "processes": world.size,
             **compute.describe(),

@@ -101,6 +101,7 @@ class EpochRecord:
     lr: float
     lowest_trainable_unit: int
     images_per_second: float
+    seconds: float = 0.0  # the epoch's wall time, validation included (0 in checkpoints older than it)
     is_best: bool = False
 
     def score(self, metric: str) -> float:
@@ -218,6 +219,7 @@ class Trainer:
             lr=self.optimizer.param_groups[-1]["lr"],
             lowest_trainable_unit=lowest,
             images_per_second=throughput,
+            seconds=time.perf_counter() - started,
         )
         score = record.score(self.params.selection_metric)
         record.is_best = score > self.best_score

@@ -16,12 +16,12 @@ from transferkit.study.store import cell_key, identity, write_record
 
 
 def tried(store: Path, params: Params, seed: int, seconds: float, perfect: bool = False) -> None:
-    """A finished finetune cell at 100 % of the binary task, as the study writes it."""
+    """A finished cell of the binary task (``params``' strategy and fraction), as the study writes it."""
     record = record_of(params.model_dump(mode="json")) | {
-        "name": f"2class-finetune-f1-s{seed}",
+        "name": Cell(2, params.train.strategy, params.train.fraction, seed).name,
         "classes": 2,
-        "strategy": "finetune",
-        "fraction": 1.0,
+        "strategy": params.train.strategy,
+        "fraction": params.train.fraction,
         "seed": seed,
         "training": {"train_seconds": seconds, "cell_seconds": seconds + 10, "best_epoch": 3},
     }
@@ -44,6 +44,8 @@ def test_seeds_of_a_recipe_are_one_row_named_by_what_differs(tmp_path: Path) -> 
         tried(store, parse_params({"data": {"image_size": 300}, "train": {"seed": seed}}), seed, 250.0, seed == 5)
     study_cell = cell_params(base_raw(reference), Cell(2, "finetune", 1.0, 0), tmp_path / "work")
     tried(tmp_path / "study", study_cell, 0, 90.0, perfect=True)
+    gradual = cell_params(base_raw(reference), Cell(2, "gradual", 0.1, 3), tmp_path / "work")
+    tried(store, gradual, 3, 30.0)  # the study's recipe at another cell, beyond the grid's seeds
 
     # An ensemble of the 300 px seeds 0 and 1 with TTA, as `transferkit ensemble --record` keeps it.
     members = [parse_params({"data": {"image_size": 300}, "train": {"seed": seed}}) for seed in (0, 1)]
@@ -70,6 +72,7 @@ def test_seeds_of_a_recipe_are_one_row_named_by_what_differs(tmp_path: Path) -> 
     ensemble = "data.image_size=300; ensemble of 2 + TTA (8 views)"
     assert {label: row["seeds"] for label, row in by_recipe.items()} == {
         STUDY_RECIPE: 2,
+        "train.fraction=0.1, train.strategy=gradual": 1,
         "data.image_size=300": 3,
         ensemble: 1,
     }
@@ -82,6 +85,7 @@ def test_seeds_of_a_recipe_are_one_row_named_by_what_differs(tmp_path: Path) -> 
     assert (versus["study_seeds"], versus["study_accuracy"]) == (2, 0.9)
     assert versus["margin"] == pytest.approx(-0.1) and versus["margin_ci"]["high"] <= 0.0
     assert by_recipe[STUDY_RECIPE]["study_seeds"] == 0  # not compared with itself
+    assert by_recipe["train.fraction=0.1, train.strategy=gradual"]["study_seeds"] == 0  # nor here
     # The ensemble: accuracy from its own predictions, both members' training, 8x the inference of
     # one model, compared with the study's recipe at its members' seeds.
     row = by_recipe[ensemble]

@@ -129,8 +129,10 @@ def recipe_rows(
         group = Group(first["classes"], first["strategy"], first["fraction"], sorted(runs, key=lambda r: r["seed"]))
         cell_seconds = sum(r["training"]["cell_seconds"] for r in runs) / len(runs)
         inference_cost = sum(r.get("inference_cost", 1.0) for r in runs) / len(runs)
-        own = label == STUDY_RECIPE  # its twins are itself
-        comparison = {"study_seeds": 0} if own else versus_study(group, study_twins(group, reference, stored))
+        twins = study_twins(group, reference, stored)
+        # The study's recipe, at any strategy and fraction, is its own twin: nothing to compare with.
+        own = {run.get("key") for run in runs} <= {twin["key"] for twin in twins.values()}
+        comparison = {"study_seeds": 0} if own else versus_study(group, twins)
         row = {"recipe": label, **summarize(group), "cell_seconds": cell_seconds, "inference_cost": inference_cost}
         rows.append(row | comparison)
     return sorted(rows, key=lambda row: -row["accuracy"])

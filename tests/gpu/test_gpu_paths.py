@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import shrunk_params
+from tests.helpers import shrunk_params
 from transferkit.stages import evaluate, prepare, train
 
 pytestmark = [

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import shrunk_params
+from tests.helpers import shrunk_params
 from transferkit.data.cache import PreparedData
 from transferkit.export.contract import read_metadata
 from transferkit.stages import evaluate, export, gate, prepare, train

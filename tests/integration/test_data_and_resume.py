@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import shrunk_params, tool_env
+from tests.helpers import shrunk_params, tool_env
 from transferkit.data.sources import list_samples
 from transferkit.errors import DataError
 from transferkit.stages import evaluate, export, gate, prepare, train

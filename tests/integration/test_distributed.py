@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_tool, shrunk_params
+from tests.helpers import REPO, run_tool, shrunk_params
 from transferkit.config import Params, parse_params
 from transferkit.stages import evaluate, prepare
 from transferkit.training.checkpoint import MODEL, load_checkpoint

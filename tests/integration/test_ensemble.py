@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from tests.conftest import REPO, run_tool, shrunk_params
+from tests.helpers import REPO, run_tool, shrunk_params
 from transferkit.config import Params
 from transferkit.data.cache import PreparedData
 from transferkit.export.contract import read_metadata

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import pytest
 
-from tests.conftest import make_project, run_tool
+from tests.helpers import make_project, run_tool
 from transferkit import orchestration
 from transferkit.errors import ConfigError, DataError
 from transferkit.registry import Registry
@@ -166,7 +166,7 @@ def test_prefect_yaml_declares_each_flow_on_both_pools_at_the_deployed_commit() 
     import yaml
     from prefect.flows import load_flow_from_entrypoint
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
@@ -187,7 +187,7 @@ def test_study_flow_runs_cells_and_publishes_the_report(tmp_path: Path, elpv_sub
     from flows.study_pipeline import StudyRequest, study_pipeline
     from prefect.artifacts import Artifact
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
     from tests.integration.test_study import study_params
 
     params = study_params(tmp_path, elpv_subset)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, commit_tracked_data, make_project, run_tool, tool_env
+from tests.helpers import REPO, commit_tracked_data, make_project, run_tool, tool_env
 from transferkit.registry import Registry
 from transferkit.run_workspace import RUNS_DIR
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import shrunk_params
+from tests.helpers import shrunk_params
 from transferkit.data.examples import write_example
 from transferkit.stages import evaluate, prepare, train
 from transferkit.training.checkpoint import load_checkpoint

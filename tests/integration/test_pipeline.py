@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from tests.conftest import make_project, run_tool, set_params
+from tests.helpers import make_project, run_tool, set_params
 from transferkit.export.contract import read_metadata
 
 pytestmark = pytest.mark.slow

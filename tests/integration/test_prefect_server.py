@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, commit_tracked_data, make_project, run_tool, tool_env
+from tests.helpers import REPO, commit_tracked_data, make_project, run_tool, tool_env
 from transferkit.registry import Registry
 
 pytestmark = pytest.mark.slow

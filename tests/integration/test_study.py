@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import REPO, run_tool, shrunk_raw
+from tests.helpers import REPO, run_tool, shrunk_raw
 
 TRANSFERKIT = [sys.executable, "-m", "transferkit.cli"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_tool, shrunk_params
+from tests.helpers import REPO, run_tool, shrunk_params
 from transferkit.config import load_params
 from transferkit.stages import prepare
 

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import shrunk_params
+from tests.helpers import shrunk_params
 from transferkit.errors import ExportError
 from transferkit.export.contract import read_metadata
 from transferkit.serving.onnx_model import OnnxClassifier

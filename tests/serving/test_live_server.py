@@ -20,7 +20,7 @@ import pytest
 import tritonclient.http as triton
 import yaml
 
-from tests.conftest import REPO, run_tool, tool_env
+from tests.helpers import REPO, run_tool, tool_env
 from tests.serving.conftest import CLASSES, IMAGE_SIZE
 from transferkit.errors import TransferkitError
 from transferkit.onnx_runtime import cuda_driver_present

@@ -9,7 +9,7 @@ import shlex
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_tool
+from tests.helpers import REPO, run_tool
 from transferkit.cli import _parse_sets
 from transferkit.config import Params, load_params, parse_params
 from transferkit.errors import ConfigError

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_tool
+from tests.helpers import run_tool
 from transferkit.registry import Registry, RegistryError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import shrunk_raw
+from tests.helpers import shrunk_raw
 from transferkit.config import parse_params
 from transferkit.errors import ConfigError
 from transferkit.tuning.report import exp_run_command

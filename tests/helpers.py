@@ -7,6 +7,7 @@ few epochs), as the lightning-hydra-template does.
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +19,7 @@ from transferkit import orchestration
 from transferkit.config import Params, parse_params, set_dotted
 
 REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
 SUBSET_SIZE = 160
 
 SHRINK: dict[str, Any] = {
@@ -94,3 +96,48 @@ def set_params(root: Path, **overrides: Any) -> None:
     for key, value in overrides.items():
         set_dotted(raw, key.replace("__", "."), value)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of a transferkit module or package (None for anything else)."""
+    if name != "transferkit" and not name.startswith("transferkit."):
+        return None
+    base = SRC.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(file: Path) -> set[str]:
+    """Names of the modules ``file`` imports; ``from pkg import mod`` counts mod when it is a module."""
+    package = ".".join(file.relative_to(SRC).with_suffix("").parts)
+    if file.name != "__init__.py":
+        package = package.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(file.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def closure(entry: str) -> set[Path]:
+    """Every transferkit source file that importing ``entry`` loads, parent packages included."""
+    seen: set[Path] = set()
+    pending = [entry]
+    while pending:
+        name = pending.pop()
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
+            file = module_file(".".join(parts[:depth]))
+            if file is not None and file not in seen:
+                seen.add(file)
+                pending.extend(imported_modules(file))
+    return seen

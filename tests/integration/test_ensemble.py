@@ -13,8 +13,8 @@ import yaml
 
 from tests.helpers import REPO, run_tool, shrunk_params
 from transferkit.config import Params
+from transferkit.contract import read_metadata
 from transferkit.data.cache import PreparedData
-from transferkit.export.contract import read_metadata
 from transferkit.serving.onnx_model import OnnxClassifier
 from transferkit.stages import prepare, train
 from transferkit.study.recipes import ensemble_tries

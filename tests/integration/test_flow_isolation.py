@@ -108,8 +108,8 @@ def test_killed_run_leaves_nothing_behind(committed: Path) -> None:
 def test_int8_variant_is_registered_beside_the_model_and_served(committed: Path) -> None:
     from flows.training_pipeline import TrainingRequest, training_pipeline
 
+    from transferkit.contract import read_metadata
     from transferkit.errors import ModelError
-    from transferkit.export.contract import read_metadata
     from transferkit.serving.model_source import load_model, source_from
     from transferkit.serving.settings import load_settings
 

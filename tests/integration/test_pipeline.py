@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from tests.helpers import make_project, run_tool, set_params
-from transferkit.export.contract import read_metadata
+from transferkit.contract import read_metadata
 
 pytestmark = pytest.mark.slow
 STAGES = ("prepare", "train", "evaluate", "gate", "export")

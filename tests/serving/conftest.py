@@ -9,7 +9,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from transferkit.export.contract import HEADLINE_METRICS, model_metadata
+from transferkit.contract import HEADLINE_METRICS, model_metadata
 from transferkit.export.onnx_export import export_onnx
 from transferkit.models.classifier import build_classifier
 from transferkit.serving.app import create_app

@@ -9,8 +9,8 @@ import onnx
 import pytest
 
 from tests.helpers import shrunk_params
+from transferkit.contract import read_metadata
 from transferkit.errors import ExportError
-from transferkit.export.contract import read_metadata
 from transferkit.serving.onnx_model import OnnxClassifier
 from transferkit.stages import evaluate, export, gate, prepare, train
 

@@ -175,7 +175,7 @@ def test_triton_repository_matches_the_model_and_one_client_drives_our_server(
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from transferkit.export.contract import read_metadata
+    from transferkit.contract import read_metadata
 
     repo = tmp_path / "triton"
     run_tool(

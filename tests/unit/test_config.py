@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.helpers import REPO, run_tool
-from transferkit.cli import _parse_sets
+from transferkit.cli.common import parse_sets
 from transferkit.config import Params, load_params, parse_params
 from transferkit.errors import ConfigError
 
@@ -54,7 +54,7 @@ def test_every_documented_experiment_names_valid_params() -> None:
     experiments = documented_experiments()
     assert len(experiments) >= 3, experiments
     for sets in experiments:
-        load_params(REPO / "params.yaml", _parse_sets(sets))  # raises ConfigError naming the key
+        load_params(REPO / "params.yaml", parse_sets(sets))  # raises ConfigError naming the key
 
 
 def _error(raw: dict) -> str:

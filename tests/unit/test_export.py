@@ -9,8 +9,8 @@ import onnx
 import pytest
 import torch
 
+from transferkit.contract import read_metadata
 from transferkit.errors import ExportError, ModelError
-from transferkit.export.contract import read_metadata
 from transferkit.export.onnx_export import MAX_IR_VERSION, check_parity, export_onnx
 from transferkit.models.classifier import build_classifier
 from transferkit.serving.onnx_model import OnnxClassifier

@@ -13,13 +13,8 @@ from transferkit.models.classifier import build_classifier
 from transferkit.training.batches import FeatureBatches
 from transferkit.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from transferkit.training.compute import Compute
-from transferkit.training.feature_cache import (
-    D4_VIEWS,
-    apply_view,
-    onnx_trunk,
-    torch_trunk,
-    trunk_onnx,
-)
+from transferkit.training.feature_cache import onnx_trunk, torch_trunk, trunk_onnx
+from transferkit.views import D4_VIEWS, apply_view
 
 CPU = Compute(torch.device("cpu"), "fp32", channels_last=False)
 

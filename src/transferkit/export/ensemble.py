@@ -1,5 +1,5 @@
 """An ensemble of trained tops on one shared frozen trunk, with optional test-time augmentation,
-exported as one ONNX graph and measured on the test split.
+as one module that exports to one ONNX graph (measured on the test split by study/ensemble.py).
 
 Models trained with the same frozen bottom units (finetune or gradual seeds, a linear probe)
 compute the same trunk activations, so the graph runs the trunk once and repeats only the tops:
@@ -13,7 +13,6 @@ it unchanged.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,19 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from transferkit.data.cache import PreparedData
 from transferkit.errors import ModelError
-from transferkit.evaluation.metrics import classification_metrics, expected_calibration_error, softmax
-from transferkit.export.contract import INPUT_NAME, model_metadata
-from transferkit.export.onnx_export import check_parity, export_onnx
-from transferkit.io import atomic_write, write_json
-from transferkit.onnx_runtime import CPU, create_session
-from transferkit.stages.export import onnx_logits
-from transferkit.study import stats
-from transferkit.study.store import encode_labels
+from transferkit.inference import run_batched
 from transferkit.training.augment import PRESETS
 from transferkit.training.checkpoint import checkpoint_temperature, load_checkpoint, model_from_checkpoint
-from transferkit.training.feature_cache import apply_view
+from transferkit.views import apply_view
 
 # What members must agree on to be averaged: the same classes, input and data.
 SHARED_META = ("class_names", "image_size", "resize", "data_hash", "augment_preset")
@@ -109,92 +100,6 @@ def build_ensemble(members: list[Member], tta: bool) -> SharedTrunkEnsemble:
 
 
 def member_logits(ensemble: SharedTrunkEnsemble, images: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+    """Uncalibrated logits of every member on every view of ``images``: (members, views, N, classes)."""
     with torch.no_grad():
-        return torch.cat(
-            [ensemble.member_logits(images[i : i + batch_size]) for i in range(0, len(images), batch_size)], dim=2
-        ).numpy()
-
-
-def ms_per_image(model_bytes: bytes, images: np.ndarray, batch_size: int = 8, rounds: int = 5) -> float:
-    """ONNX Runtime milliseconds per image at ``batch_size`` on this machine (after one warm-up call)."""
-    session, batch = create_session(model_bytes, [CPU]), images[:batch_size]
-    session.run(None, {INPUT_NAME: batch})
-    started = time.perf_counter()
-    for _ in range(rounds):
-        session.run(None, {INPUT_NAME: batch})
-    return round(1000 * (time.perf_counter() - started) / (rounds * len(batch)), 2)
-
-
-@dataclass(frozen=True)
-class TestSplit:
-    labels: np.ndarray
-    groups: list[str]
-    names: list[str]
-    bins: int
-
-
-def headline(logits: np.ndarray, raw: np.ndarray, test: TestSplit) -> dict[str, Any]:
-    """Test metrics of calibrated ``logits`` (``raw``: the same before temperature scaling), with
-    95 % bootstrap intervals over the test images for accuracy and macro-F1."""
-    labels, names = test.labels, test.names
-    metrics = classification_metrics(logits, labels, test.groups, names, test.bins)
-    metrics["ece_uncalibrated"] = expected_calibration_error(softmax(raw), labels, test.bins)
-    intervals = stats.headline_intervals(labels, [logits.argmax(1)], len(names))
-    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], **intervals, "metrics": metrics}
-
-
-def run_ensemble(
-    paths: list[Path], prepared_root: Path, out: Path, tta: bool, tolerance: float, bins: int
-) -> dict[str, Any]:
-    """Build, verify and measure the ensemble of ``paths``; write ``model.onnx`` and ``ensemble.json`` to ``out``.
-
-    The report keeps what the recipe table needs to list the ensemble as a try (``transferkit
-    recipes``): each member's params and training cost, and the ensemble's test predictions.
-    """
-    started = time.perf_counter()
-    members = load_members(paths)
-    prepared = PreparedData.load(prepared_root)
-    test = prepared.indices("test")
-    images, labels, size = prepared.images_chw(test), prepared.labels(test), prepared.image_size
-    split = TestSplit(labels, prepared.groups(test), prepared.class_names, bins)
-    if members[0].meta["image_size"] != size or members[0].meta["class_names"] != split.names:
-        raise ModelError(f"the models were trained on other prepared data than {prepared_root}; pass the right one")
-
-    ensemble = build_ensemble(members, tta)
-    raw = member_logits(ensemble, images)  # one pass: the trunk once, every top, every view
-    temperatures = ensemble.temperatures.numpy()
-    reference = (raw / temperatures).mean((0, 1))
-    alone = [headline(raw[m, 0] / temperatures[m, 0], raw[m, 0], split) for m in range(len(members))]
-    measured = headline(reference, raw.mean((0, 1)), split)
-    metadata = model_metadata(members[0].meta, measured["metrics"], "fp32") | {
-        "ensemble": {"members": [str(p) for p in paths], "shared_cut": ensemble.cut, "tta_views": list(ensemble.views)}
-    }
-    model_bytes = export_onnx(ensemble, size, 17, metadata)
-    logits = onnx_logits(model_bytes, images.numpy(), threads=0)
-    parity = check_parity(logits, reference, labels, tolerance)  # raises, writing nothing, when they disagree
-    cost = {
-        "ensemble": ms_per_image(model_bytes, images.numpy()),
-        "one_member": ms_per_image(export_onnx(build_ensemble(members[:1], False), size, 17, metadata), images.numpy()),
-    }
-    report = {
-        "members": [str(p) for p in paths],
-        "shared_cut": ensemble.cut,
-        "tta_views": list(ensemble.views),
-        "test_images": len(labels),
-        "ensemble": {k: v for k, v in measured.items() if k != "metrics"},
-        "members_alone": [{k: v for k, v in m.items() if k != "metrics"} for m in alone],
-        "parity": parity.as_dict(),
-        "ms_per_image_batch8": cost,
-        "size_bytes": len(model_bytes),
-        "classes": len(split.names),
-        "members_trained": [
-            {"params": m.meta["params"], **{k: m.meta["training"][k] for k in ("train_seconds", "best_epoch")}}
-            for m in members
-        ],
-        "test": {"labels": encode_labels(labels), "predicted": encode_labels(reference.argmax(1))},
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    with atomic_write(out / "model.onnx") as handle:
-        handle.write(model_bytes)
-    write_json(out / "ensemble.json", report)
-    return report
+        return run_batched(ensemble.member_logits, images, batch_size, axis=2).numpy()

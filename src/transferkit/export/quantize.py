@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from transferkit.config import Int8Params
-from transferkit.export.contract import INPUT_NAME
+from transferkit.contract import INPUT_NAME
 
 
 class _Calibration:

@@ -18,8 +18,8 @@ from pathlib import Path
 import onnx
 import yaml
 
+from transferkit.contract import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAMES, read_metadata
 from transferkit.errors import ExportError
-from transferkit.export.contract import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAMES, read_metadata
 from transferkit.io import atomic_write, sha256_file
 
 ONNX_TO_TRITON = {onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.FLOAT: "TYPE_FP32"}

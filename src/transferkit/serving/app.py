@@ -23,8 +23,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from transferkit import __version__
+from transferkit.contract import INPUT_CONTRACT, INPUT_NAME, OUTPUT_NAMES, lineage
 from transferkit.errors import DataError, ModelError
-from transferkit.export.contract import INPUT_CONTRACT, INPUT_NAME, OUTPUT_NAMES, lineage
 from transferkit.serving.batcher import Overloaded
 from transferkit.serving.metrics import RequestMetricsMiddleware
 from transferkit.serving.model_source import ServedModel

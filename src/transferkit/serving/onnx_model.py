@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from transferkit.contract import INPUT_NAME, OUTPUT_NAMES, REQUIRED_METADATA, read_metadata
 from transferkit.errors import ModelError
-from transferkit.export.contract import INPUT_NAME, OUTPUT_NAMES, REQUIRED_METADATA, read_metadata
 from transferkit.onnx_runtime import (
     CPU,
     CUDA,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from transferkit.export.contract import INPUT_NAME, OUTPUT_NAMES
+from transferkit.contract import INPUT_NAME, OUTPUT_NAMES
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_SIZE = "binary_data_size"

@@ -14,44 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
 from transferkit.config import Params
 from transferkit.data.cache import PreparedData
 from transferkit.evaluation.metrics import classification_metrics, expected_calibration_error, softmax
 from transferkit.evaluation.plots import confusion_matrix_figure, reliability_figure, save_figure
+from transferkit.evaluation.predict import predict_logits, reference_logits
 from transferkit.io import atomic_write, write_json
-from transferkit.models.classifier import ImageClassifier
 from transferkit.stages.common import RELIABILITY_PNG, configure_threads, console, main
 from transferkit.training.checkpoint import MODEL, checkpoint_temperature, load_checkpoint, model_from_checkpoint
 from transferkit.training.compute import Compute
-
-
-@torch.inference_mode()
-def predict_logits(model: ImageClassifier, images: torch.Tensor, batch_size: int, compute: Compute) -> np.ndarray:
-    """Full-model logits for uint8 NCHW images at ``compute``'s precision, in batches, with a progress bar."""
-    compute.place_model(model).eval()
-    chunks = []
-    desc = f"evaluate ({compute.precision})"
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", dynamic_ncols=True):
-        with compute.autocast():
-            chunks.append(model(compute.to_device(images[start : start + batch_size])).float().cpu())
-    return torch.cat(chunks).numpy()
-
-
-def reference_logits(
-    model: ImageClassifier, images: torch.Tensor, batch_size: int, compute: Compute, logits: np.ndarray
-) -> np.ndarray:
-    """Exact fp32 logits, what the export's parity check compares ONNX Runtime against.
-
-    The metrics are those of the model as evaluated (bf16 on a GPU by default); bf16 keeps about
-    three significant digits, so its logits can never serve as a 1e-4 reference.
-    """
-    if compute.precision == "fp32" and compute.device.type == "cpu":
-        return logits
-    with compute.exact():
-        return predict_logits(model, images, batch_size, compute.fp32)
 
 
 def run(params: Params) -> dict[str, Any]:

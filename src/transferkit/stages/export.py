@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from transferkit.config import Params
+from transferkit.contract import model_metadata
 from transferkit.data.cache import PreparedData
-from transferkit.export.contract import INPUT_NAME, OUTPUT_NAMES, model_metadata
 from transferkit.export.model_card import render_model_card
 from transferkit.export.onnx_export import (
     ParityReport,
@@ -28,20 +28,10 @@ from transferkit.export.onnx_export import (
     export_onnx,
 )
 from transferkit.export.quantize import quantize_int8
+from transferkit.inference import onnx_logits
 from transferkit.io import atomic_write, read_json, write_json, write_text
-from transferkit.onnx_runtime import CPU, create_session
 from transferkit.stages.common import RELIABILITY_PNG, configure_threads, console, main
 from transferkit.training.checkpoint import MODEL, checkpoint_temperature, load_checkpoint, model_from_checkpoint
-
-
-def onnx_logits(model_bytes: bytes, images: np.ndarray, threads: int, batch_size: int = 64) -> np.ndarray:
-    session = create_session(model_bytes, [CPU], threads)
-    return np.concatenate(
-        [
-            session.run([OUTPUT_NAMES[0]], {INPUT_NAME: images[i : i + batch_size]})[0]
-            for i in range(0, len(images), batch_size)
-        ]
-    )
 
 
 def calibration_indices(prepared: PreparedData, params: Params) -> np.ndarray:

@@ -1,284 +1,71 @@
 """train: fine-tune the pretrained backbone with the configured strategy; keep the best epoch.
 
-On the CPU (``feature_cache: auto``) the frozen bottom units run once per view of the
-augmentation preset through ONNX Runtime and only the top trains; on CUDA the whole trainable
-part runs end to end with live augmentation. The kept model's temperature is then fitted on the
-validation split and travels in the checkpoint. A kill -9 mid-run resumes from the last epoch's
-checkpoint when rerun with the same params and data.
+Glue only: the run itself (batches, the feature cache, resume, the loop, calibration) is
+``training.fit``. This stage logs the curves with dvclive, writes the calibrated model to
+``paths.train`` and its deterministic summary to the git-tracked metrics, and the wall-clock
+figures to ``timing.json`` beside them, which neither git nor DVC tracks: a rerun on the same
+params and data reproduces the checkpoint and ``dvc.lock`` byte for byte.
 """
 
 from __future__ import annotations
 
-import hashlib
-import time
-from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from dvclive import Live
-from sklearn.model_selection import train_test_split
 
 from transferkit.config import Params
-from transferkit.data.cache import PreparedData
-from transferkit.errors import ConfigError
 from transferkit.evaluation.plots import training_curves_figure
-from transferkit.models.classifier import ImageClassifier, build_classifier
+from transferkit.io import write_json
 from transferkit.stages.common import configure_threads, console, main
-from transferkit.training.augment import Preset, build_transform, resolve_preset
-from transferkit.training.batches import FeatureBatches, ImageBatches
-from transferkit.training.calibration import Calibration, fit_temperature, uncalibrated
-from transferkit.training.checkpoint import MODEL, load_checkpoint, save_checkpoint
-from transferkit.training.compute import Compute
+from transferkit.training.checkpoint import MODEL, save_checkpoint
 from transferkit.training.distributed import World
-from transferkit.training.feature_cache import (
-    FeatureCache,
-    compute_features,
-    onnx_trunk,
-    torch_trunk,
-    trunk_onnx,
-)
-from transferkit.training.loop import Batches, EpochRecord, Trainer, class_weights, predict_logits
-from transferkit.training.orientation import PROBE_IMAGES, OrientationProbe, probe_orientation
-from transferkit.training.strategies import cut_index
+from transferkit.training.fit import EpochHook, discard_resume_point, fit
+from transferkit.training.loop import EpochRecord
 
-LAST, BEST = "last.pt", "best.pt"
+TIMING_FILE = "timing.json"  # in paths.train_reports; ignored by git, not a DVC output
 
 
-def training_indices(prepared: PreparedData, fraction: float, seed: int) -> np.ndarray:
-    """The train split, or a stratified ``fraction`` of it (for data-efficiency studies)."""
-    indices = prepared.indices("train")
-    if fraction >= 1.0:
-        return indices
-    keep, _ = train_test_split(indices, train_size=fraction, stratify=prepared.labels(indices), random_state=seed)
-    return np.sort(keep)
+def timing_path(params: Params) -> Path:
+    return Path(params.paths.train_reports) / TIMING_FILE
 
 
-def checkpoint_meta(
-    params: Params, prepared: PreparedData, model: ImageClassifier, cut: int, preset: Preset
-) -> dict[str, Any]:
-    return {
-        "architecture": params.model.architecture,
-        "weights": params.model.weights,
-        "dropout": params.model.dropout,
-        "class_names": prepared.class_names,
-        "image_size": prepared.image_size,
-        "resize": prepared.meta["resize"],
-        "source": prepared.meta["source"],
-        "unit_names": model.unit_names,
-        "cut": cut,
-        "strategy": params.train.strategy,
-        "augment_preset": preset.name,
-        "data_hash": prepared.data_hash,
-        "params_hash": params.section_hash("data", "model", "train"),
-        "params": {name: getattr(params, name).model_dump(mode="json") for name in ("data", "model", "train")},
-    }
-
-
-def _use_feature_cache(params: Params, compute: Compute, cut: int, world: World) -> bool:
-    """The CPU path caches the frozen units' output; under torchrun every process trains end to end."""
-    if cut == 0 or params.train.feature_cache == "off":
-        return False
-    if world.distributed:
-        if params.train.feature_cache == "on":
-            raise ConfigError(
-                "train.feature_cache: on trains in one process; under torchrun set it to auto or off "
-                "(each process then trains the network end to end)"
-            )
-        return False
-    return params.train.feature_cache == "on" or compute.device.type == "cpu"
-
-
-def build_batches(
-    params: Params,
-    prepared: PreparedData,
-    model: ImageClassifier,
-    cut: int,
-    compute: Compute,
-    threads: int,
-    preset: Preset,
-    world: World,
-) -> tuple[Batches, Batches]:
-    train_idx = training_indices(prepared, params.train.fraction, params.train.seed)
-    val_idx = prepared.indices("val")
-    train_labels = torch.from_numpy(prepared.labels(train_idx))
-    val_labels = torch.from_numpy(prepared.labels(val_idx))
-    model.eval()
-    batch, seed = params.train.batch_size, params.train.seed
-    if not _use_feature_cache(params, compute, cut, world):
-        trunk = torch_trunk(model, cut, compute)
-        augment = (preset, build_transform(params.train.augment, preset))
-        return (
-            ImageBatches(prepared.images_chw(train_idx), train_labels, batch, seed, trunk, augment, world),
-            ImageBatches(prepared.images_chw(val_idx), val_labels, batch, seed, trunk),
-        )
-    graph = trunk_onnx(model, cut, prepared.image_size)
-    on_cpu = compute.device.type == "cpu"
-    trunk = onnx_trunk(graph, threads) if on_cpu else torch_trunk(model, cut, compute)
-    cache = FeatureCache.open(
-        params.paths.feature_cache,
-        prepared,
-        hashlib.sha256(graph).hexdigest(),
-        architecture=params.model.architecture,
-        weights=params.model.weights,
-        cut=cut,
-        runtime="onnxruntime-cpu" if on_cpu else f"torch-{compute.device.type}-{compute.precision}",
-    )
-
-    def features(indices: np.ndarray, views: tuple[int, ...], name: str) -> torch.Tensor:
-        images = prepared.images_chw
-        return cache.features(
-            indices, views, lambda: compute_features(trunk, images(indices), views, 64, f"cache {name}")
-        )
-
-    return (
-        FeatureBatches(features(train_idx, preset.views, "train"), train_labels, batch, seed),
-        FeatureBatches(features(val_idx, (0,), "val"), val_labels, batch, seed),
-    )
-
-
-def orientation(params: Params, prepared: PreparedData, model: ImageClassifier, threads: int) -> OrientationProbe:
-    """Run the orientation probe on a seeded sample of the training split (ONNX Runtime, CPU)."""
-    train_idx = prepared.indices("train")
-    sample = np.sort(np.random.default_rng(params.train.seed).permutation(train_idx)[:PROBE_IMAGES])
-    pooled = onnx_trunk(trunk_onnx(model, model.num_units, prepared.image_size), threads)
-    return probe_orientation(pooled, prepared.images_chw(sample), params.train.seed)
-
-
-def _resume(trainer: Trainer, model: ImageClassifier, last: Path, fingerprint: str) -> bool:
-    """Restore model and loop state from ``last`` if it belongs to this very run configuration."""
-    if not last.is_file():
-        return False
-    payload = load_checkpoint(last)
-    if payload["meta"].get("fingerprint") != fingerprint:
-        console.print("[yellow]params or data changed since the last checkpoint; starting over[/]")
-        return False
-    model.load_state_dict(payload["model"])
-    trainer.load_state_dict(payload["trainer"])
-    console.print(f"resuming after epoch {trainer.next_epoch} from {last}")
-    return True
-
-
-def run(params: Params, on_epoch: Callable[[EpochRecord], None] | None = None) -> dict[str, Any]:
-    """Train, keep the best epoch, calibrate. ``on_epoch`` sees every finished epoch (a tuning
-    trial reports it to Optuna there, and stops the run by raising when the trial is pruned).
+def run(params: Params, on_epoch: EpochHook | None = None) -> dict[str, Any]:
+    """Train, keep the best epoch, calibrate; returns the summary with its timings. ``on_epoch``
+    sees every epoch trained (a tuning trial reports and prunes there).
 
     Under ``torchrun`` this process is one rank of a data-parallel run (training/distributed.py).
     """
     world = World.from_env()
     try:
-        return _run(params, on_epoch, world)
+        threads = configure_threads(params.train.num_threads or world.cores_per_process)
+        if not world.is_main:
+            fit(params, world, threads)
+            return {"rank": world.rank}
+        with Live(dir=params.paths.train_reports, save_dvc_exp=False, dvcyaml=None, report=None) as live:
+            fitted = fit(params, world, threads, lambda record: _log_epoch(live, record), on_epoch)
+            assert fitted is not None  # rank 0 always gets the result
+            live.summary = {key: value for key, value in fitted.summary.items() if isinstance(value, int | float)}
+            live.log_image("training_curves.png", training_curves_figure(fitted.history, fitted.best_epoch))
     finally:
         world.stop()
-
-
-def _run(params: Params, on_epoch: Callable[[EpochRecord], None] | None, world: World) -> dict[str, Any]:
-    started = time.perf_counter()
-    threads = configure_threads(params.train.num_threads or world.cores_per_process)
-    compute = Compute.from_params(params.train)
-    compute = replace(compute, device=world.device(compute.device))
-    world.start(compute.device.type, params.train.batch_size)
-    prepared = PreparedData.load(params.paths.prepared)
-    torch.manual_seed(params.train.seed)
-    model = build_classifier(
-        params.model.architecture, params.model.weights, len(prepared.class_names), params.model.dropout
-    )
-    cut = cut_index(params.train, model.num_units)
-    preset, preset_choice = resolve_preset(
-        params.train.augment, prepared.meta["source"], lambda: orientation(params, prepared, model, threads)
-    )
-    console.print(f"augmentation preset {preset.name} ({preset_choice})", highlight=False)
-    train_batches, val_batches = build_batches(params, prepared, model, cut, compute, threads, preset, world)
-    weights = class_weights(train_batches.labels.numpy(), len(prepared.class_names), params.train.class_weighting)
-    steps = -(-len(train_batches) // params.train.batch_size)
-    trainer = Trainer(model, params.train, cut, compute, steps, weights, world)
-
-    meta = checkpoint_meta(params, prepared, model, cut, preset)
-    meta["fingerprint"] = meta["params_hash"] + meta["data_hash"]
-    checkpoints = Path(params.paths.checkpoints)
-    _resume(trainer, model, checkpoints / LAST, meta["fingerprint"])
-    # A resumed run's training time counts the epochs it restored, so the study's time axis and
-    # a tuning trial's cost do not shrink when a worker died mid-cell.
-    restored = trainer.next_epoch
-    restored_seconds = sum(r.seconds for r in trainer.history)
-    if not world.is_main:  # the other ranks train their share; rank 0 writes everything
-        while not trainer.should_stop():
-            trainer.run_epoch(trainer.next_epoch, train_batches, val_batches)
-        world.barrier()
-        return {"rank": world.rank, "epochs_run": len(trainer.history)}
-
-    with Live(dir=params.paths.train_reports, save_dvc_exp=False, dvcyaml=None, report=None) as live:
-        for record in trainer.history:  # replay a resumed run so the curves are complete
-            _log_epoch(live, asdict(record))
-        while not trainer.should_stop():
-            record = trainer.run_epoch(trainer.next_epoch, train_batches, val_batches)
-            _log_epoch(live, asdict(record))
-            console.print(
-                f"epoch {record.epoch + 1}: train loss {record.train_loss:.4f}, val loss {record.val_loss:.4f}, "
-                f"val acc {record.val_accuracy:.4f}, val macro-F1 {record.val_macro_f1:.4f}"
-                + (" (best)" if record.is_best else ""),
-                highlight=False,
-            )
-            if record.is_best:
-                save_checkpoint(checkpoints / BEST, trainer.evaluation_model, meta)
-            save_checkpoint(checkpoints / LAST, model, meta, trainer=trainer.state_dict())
-            if on_epoch is not None:
-                on_epoch(record)
-        world.barrier()
-        best = load_checkpoint(checkpoints / BEST)
-        calibration = calibrate(params, model_with(best, model), val_batches, cut, compute)
-        history = [asdict(r) for r in trainer.history]
-        best_record = history[trainer.best_epoch]
-        summary = {
-            "best_epoch": trainer.best_epoch + 1,
-            "epochs_run": len(history),
-            "val_accuracy": best_record["val_accuracy"],
-            "val_macro_f1": best_record["val_macro_f1"],
-            "val_loss": best_record["val_loss"],
-            "train_images": len(train_batches),
-            "train_seconds": round(time.perf_counter() - started + restored_seconds, 1),
-            "resumed_after_epoch": restored,
-            "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 1),
-            "processes": world.size,
-            **compute.describe(),
-            "feature_cache": isinstance(train_batches, FeatureBatches),
-            "augment_preset": preset.name,
-            "augment_preset_choice": preset_choice,
-            "ema_decay": round(trainer.ema_decay, 5),
-            "temperature": round(calibration.temperature, 4),
-        }
-        live.summary = {key: value for key, value in summary.items() if isinstance(value, int | float)}
-        live.log_image("training_curves.png", training_curves_figure(history, trainer.best_epoch))
-    best["meta"].update(training=summary, calibration=calibration.as_dict())
-    save_checkpoint(Path(params.paths.train) / MODEL, model, best["meta"])
-    # The run finished: resuming is only for interrupted runs (a rerun after a code change must retrain).
-    (checkpoints / LAST).unlink()
+    save_checkpoint(Path(params.paths.train) / MODEL, fitted.model, fitted.meta)
+    write_json(timing_path(params), fitted.timing)
+    discard_resume_point(params)
+    calibration = fitted.calibration
     console.print(
-        f"best epoch {summary['best_epoch']} (val macro-F1 {summary['val_macro_f1']:.4f}) "
-        f"-> {params.paths.train}/{MODEL} in {summary['train_seconds']} s; temperature "
+        f"best epoch {fitted.summary['best_epoch']} (val macro-F1 {fitted.summary['val_macro_f1']:.4f}) "
+        f"-> {params.paths.train}/{MODEL} in {fitted.timing['train_seconds']} s; temperature "
         f"{calibration.temperature:.3f} (val NLL {calibration.val_nll_before:.4f} -> {calibration.val_nll_after:.4f})"
     )
-    return summary
+    return fitted.summary | fitted.timing
 
 
-def calibrate(params: Params, model: ImageClassifier, val: Batches, cut: int, compute: Compute) -> Calibration:
-    """Fit the kept model's temperature on the validation split (``train.calibration``)."""
-    logits, labels = predict_logits(model, val, cut, compute)
-    fit = fit_temperature if params.train.calibration == "temperature" else uncalibrated
-    return fit(logits.numpy(), labels.numpy())
-
-
-def model_with(payload: dict[str, Any], model: ImageClassifier) -> ImageClassifier:
-    """``model`` carrying the weights stored in a checkpoint payload."""
-    model.load_state_dict(payload["model"])
-    return model
-
-
-def _log_epoch(live: Live, record: dict[str, Any]) -> None:
+def _log_epoch(live: Live, record: EpochRecord) -> None:
+    values = asdict(record)
     for key in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr"):
-        live.log_metric(key.replace("_", "/", 1), record[key])
+        live.log_metric(key.replace("_", "/", 1), values[key])
     live.next_step()
 
 

@@ -44,7 +44,9 @@ def ensemble_tries(folder: Path) -> list[dict[str, Any]]:
         report = read_json(path)
         members = report["members_trained"]
         first = parse_params(members[0]["params"]).train
-        seconds = sum(m["train_seconds"] for m in members)
+        # NaN (shown as "-") when a member's training time is unknown: no study record matched it.
+        known = [m["train_seconds"] for m in members if m["train_seconds"] is not None]
+        seconds = float(sum(known)) if len(known) == len(members) else float("nan")
         cost = report["ms_per_image_batch8"]
         tries.append(
             {
@@ -67,6 +69,10 @@ def ensemble_tries(folder: Path) -> list[dict[str, Any]]:
             }
         )
     return tries
+
+
+def _seconds_text(seconds: float) -> str:
+    return "-" if np.isnan(seconds) else f"{seconds:.0f}"
 
 
 def try_label(record: dict[str, Any], reference: dict[str, Any]) -> str:
@@ -169,8 +175,8 @@ def write_recipes(reference: Params, store: Path, ensembles: Path, out: Path, co
         "|---|---|---|---|---|---|---|---|---|---|",
         *(
             f"| {row['recipe']} | {row['seeds']} | {mean_std(row, 'accuracy')} | {ci_text(row['accuracy_ci'])} | "
-            f"{mean_std(row, 'macro_f1')} | {ci_text(row['macro_f1_ci'])} | {row['train_seconds']:.0f} | "
-            f"{row['cell_seconds']:.0f} | {row['inference_cost']:.1f}x | {_versus_text(row)} |"
+            f"{mean_std(row, 'macro_f1')} | {ci_text(row['macro_f1_ci'])} | {_seconds_text(row['train_seconds'])} | "
+            f"{_seconds_text(row['cell_seconds'])} | {row['inference_cost']:.1f}x | {_versus_text(row)} |"
             for row in rows
         ),
     ]

@@ -17,14 +17,14 @@ import torch
 from torchvision.transforms import v2
 
 from transferkit.config import AugmentParams
-from transferkit.training.feature_cache import apply_view
 from transferkit.training.orientation import OrientationProbe
+from transferkit.views import apply_view
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
-    views: tuple[int, ...]  # indices into feature_cache.D4_VIEWS; 0 is the image as it is
+    views: tuple[int, ...]  # indices into views.D4_VIEWS; 0 is the image as it is
     jitter: bool
 
 

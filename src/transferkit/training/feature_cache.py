@@ -22,37 +22,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from transferkit.contract import INPUT_NAME
 from transferkit.data.cache import PreparedData
-from transferkit.export.onnx_export import INPUT_NAME, trace_to_onnx
+from transferkit.inference import run_batched
 from transferkit.io import atomic_write, read_json, write_json
 from transferkit.models.classifier import ImageClassifier
+from transferkit.onnx_graph import trace_to_onnx
 from transferkit.onnx_runtime import CPU, create_session
 from transferkit.training.compute import Compute
-
-# (quarter turns, horizontal flip) for the 8 symmetries of the square; view 1 is the mirror image.
-D4_VIEWS = ((0, False), (0, True), (1, False), (2, False), (3, False), (1, True), (2, True), (3, True))
+from transferkit.views import apply_view
 
 TrunkFn = Callable[[torch.Tensor], torch.Tensor]
 GROUP_FILE = "group.json"
-
-
-def apply_view(images: torch.Tensor, view: int) -> torch.Tensor:
-    """One of the eight flip / quarter-turn views of square NCHW ``images``.
-
-    Quarter turns are written as transposes and flips (what ``torch.rot90`` computes) because
-    rot90 has no ONNX export, and the same views run inside exported test-time-augmentation graphs.
-    """
-    turns, flip = D4_VIEWS[view]
-    out = images
-    if turns == 1:
-        out = out.flip(-1).transpose(-2, -1)
-    elif turns == 2:
-        out = out.flip(-2, -1)
-    elif turns == 3:
-        out = out.transpose(-2, -1).flip(-1)
-    return out.flip(-1) if flip else out
 
 
 class _Trunk(nn.Module):
@@ -100,14 +82,11 @@ def compute_features(
     trunk: TrunkFn, images: torch.Tensor, views: tuple[int, ...], batch_size: int, desc: str
 ) -> torch.Tensor:
     """fp16 activations of shape (views, N, C, h, w) for uint8 NCHW ``images``."""
-    per_view: list[list[torch.Tensor]] = [[] for _ in views]
-    with tqdm(total=len(views) * len(images), desc=desc, unit="img", dynamic_ncols=True) as bar:
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
-            for slot, view in enumerate(views):
-                per_view[slot].append(trunk(apply_view(batch, view)).to(torch.float16).cpu())
-                bar.update(len(batch))
-    return torch.stack([torch.cat(chunks) for chunks in per_view])
+
+    def every_view(batch: torch.Tensor) -> torch.Tensor:
+        return torch.stack([trunk(apply_view(batch, view)).to(torch.float16).cpu() for view in views])
+
+    return run_batched(every_view, images, batch_size, desc, axis=1)
 
 
 def content_key(**parts: object) -> str:

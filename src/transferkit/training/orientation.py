@@ -21,12 +21,12 @@ from sklearn.model_selection import GroupKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from transferkit.training.feature_cache import apply_view
+from transferkit.views import apply_view
 
 PROBE_IMAGES = 256  # enough for a clear answer, a few seconds of backbone on the CPU
 # Below this accuracy turned copies pass for originals (chance is 0.5; photos and digits score > 0.85).
 ORIENTATION_FREE_BELOW = 0.65
-QUARTER_TURN_VIEWS = (2, 3, 4)  # feature_cache.D4_VIEWS: 90, 180 and 270 degrees
+QUARTER_TURN_VIEWS = (2, 3, 4)  # views.D4_VIEWS: 90, 180 and 270 degrees
 
 
 @dataclass(frozen=True)

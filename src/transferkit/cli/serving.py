@@ -1,0 +1,146 @@
+"""Commands that use an exported model: serve it over HTTP, predict files, write a Triton repository."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from transferkit.cli.common import RegistryRoot, reports_errors
+from transferkit.errors import TransferkitError
+from transferkit.reporting import console
+
+
+@reports_errors
+def predict(
+    targets: list[Path] = typer.Argument(
+        ..., help="MODEL PATH...: an exported .onnx, then image files and/or folders; with --url only PATH..."
+    ),
+    url: str | None = typer.Option(None, help="classify through a running `transferkit serve` at this URL"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="CSV file (default: standard output)"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda (local model only)"),
+    batch_size: int = typer.Option(32, min=1),
+) -> None:
+    """Classify images with an exported model (only ONNX Runtime and its metadata), or through a server."""
+    from transferkit.io import atomic_write
+    from transferkit.serving.batch_predict import expand_images, local_rows, remote_rows, write_rows
+
+    if url is None and len(targets) < 2:
+        raise typer.BadParameter("give MODEL and at least one PATH (or --url URL and PATHs)", param_hint="TARGETS")
+    files = expand_images(targets if url else targets[1:])
+    if url:
+        class_names, rows = remote_rows(url, files, batch_size)
+    else:
+        class_names, rows = local_rows(targets[0], files, device, batch_size)
+    if output is None:
+        write_rows(sys.stdout, class_names, rows)
+    else:
+        with atomic_write(output, "w") as handle:
+            write_rows(handle, class_names, rows)
+        console.print(f"{len(rows)} predictions -> {output}")
+    failed = sum(1 for row in rows if row[-1])
+    if failed:
+        console.print(f"[yellow]{failed} file(s) could not be read; see the error column[/]")
+
+
+@reports_errors
+def export_triton(
+    model: Path | None = typer.Argument(None, help="an exported .onnx (default: the registry's production version)"),
+    registry: str | None = typer.Option(None, help="take the model from this registry name instead of a file"),
+    registry_root: Path = RegistryRoot,
+    version: int | None = typer.Option(None, help="registry version [production]"),
+    repository: Path = typer.Option(Path("triton-models"), "--repository", help="Triton model repository folder"),
+    model_name: str | None = typer.Option(None, help="Triton model name [registry name, or the file's stem]"),
+    triton_version: int | None = typer.Option(None, help="version folder [the registry version, or 1]"),
+    max_batch_size: int = typer.Option(32, min=1),
+    preferred_batch_size: list[int] = typer.Option([8, 16, 32], help="dynamic batching's preferred sizes"),
+    max_queue_delay_us: int = typer.Option(2000, min=0, help="dynamic batching's queue delay"),
+    instance_kind: str = typer.Option("gpu", help="gpu | cpu: where Triton runs the model instances"),
+    storage_uri: str | None = typer.Option(None, help="KServe storageUri of the repository [pvc://models/REPO]"),
+) -> None:
+    """Write a Triton model repository (config.pbtxt + model.onnx) and a KServe InferenceService for a model."""
+    from transferkit.export.triton import TritonOptions
+    from transferkit.export.triton import export_triton as write_repository
+    from transferkit.registry import Registry
+
+    if instance_kind not in ("gpu", "cpu"):
+        raise typer.BadParameter("use gpu or cpu", param_hint="--instance-kind")
+    if (model is None) == (registry is None):
+        raise typer.BadParameter("give a MODEL file or --registry NAME (not both)", param_hint="MODEL")
+    source_version = 1
+    if registry is not None:
+        store = Registry(registry_root, registry)
+        source_version = version or store.production() or 0
+        if not source_version:
+            raise TransferkitError(f"{registry} has no production version; give --version N")
+        model = store.model_path(source_version)
+    model_file = Path(str(model))
+    options = TritonOptions(max_batch_size, tuple(preferred_batch_size), max_queue_delay_us, instance_kind)
+    written = write_repository(
+        model_file,
+        repository,
+        model_name or registry or model_file.stem,
+        triton_version or source_version,
+        storage_uri or f"pvc://models/{repository.name}",
+        options,
+    )
+    for role, path in written.items():
+        console.print(f"{role}: {path}")
+
+
+@reports_errors
+def serve(
+    model: str = typer.Option(
+        None, "--model", "-m", help="exported .onnx path, or registry:NAME for its production version"
+    ),
+    device: str | None = typer.Option(None, help="auto | cpu | cuda (cuda never falls back to the CPU)"),
+    host: str | None = typer.Option(None, help="bind address [127.0.0.1]"),
+    port: int | None = typer.Option(None, help="port [8000]"),
+    workers: int | None = typer.Option(None, help="worker processes, one ONNX Runtime session each [1]"),
+    max_batch_size: int | None = typer.Option(None, help="images per ONNX Runtime call; 1 disables batching [8]"),
+    max_delay_ms: float | None = typer.Option(None, help="ms a batch may wait to fill; 0 = take what is queued [0]"),
+    registry_root: Path | None = typer.Option(None, help="registry folder for registry:NAME [models/registry]"),
+    model_name: str | None = typer.Option(None, help="name under /v2/models [registry name or file stem]"),
+    tensorrt: bool | None = typer.Option(None, "--tensorrt/--no-tensorrt", help="TensorRT before CUDA [off]"),
+    variant: str | None = typer.Option(None, help="with registry:NAME, a precision variant such as int8 [main model]"),
+    reload_interval_s: float | None = typer.Option(None, help="poll for a new production model; 0 = never [5]"),
+) -> None:
+    """Serve a model over HTTP: /v1/predict, KServe v2 (/v2), /metrics, /docs; every flag also reads
+    TRANSFERKIT_SERVE_<FLAG> from the environment, and TRANSFERKIT_ADMIN_TOKEN enables /admin/reload."""
+    import os
+
+    import uvicorn
+
+    from transferkit.serving.app import create_app
+    from transferkit.serving.model_source import load_model, source_from
+    from transferkit.serving.settings import load_settings
+
+    settings = load_settings(
+        model=model,
+        device=device,
+        host=host,
+        port=port,
+        workers=workers,
+        max_batch_size=max_batch_size,
+        max_delay_ms=max_delay_ms,
+        registry_root=registry_root,
+        model_name=model_name,
+        tensorrt=tensorrt,
+        variant=variant,
+        reload_interval_s=reload_interval_s,
+    )
+    # Loaded before binding the port, so a bad model or device fails here with a clear message.
+    loaded = load_model(source_from(settings), settings)
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "timeout_graceful_shutdown": settings.graceful_timeout_s,
+        "log_level": "info",
+    }
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings, loaded), **options)
+    else:
+        os.environ.update(settings.to_env())
+        uvicorn.run("transferkit.serving.app:app_from_env", factory=True, workers=settings.workers, **options)

@@ -6,14 +6,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Offline hygiene: no telemetry, no update checks (see ../shared/ENVIRONMENT.md).
+# Offline hygiene: no telemetry, no update checks (docs/environment.md).
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: setup pipeline test lint bench gpu-check clean-venv
+.PHONY: setup pipeline test test-fast lint bench gpu-check clean-venv
 
 setup: $(STAMP)
 
@@ -34,14 +34,18 @@ lint: setup
 test: lint
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest
 
+# The edit-test loop: everything not marked slow (no real pipeline, server or subprocess grid).
+test-fast: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -m "not slow"
+
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/serving.py
 
 # For the day a GPU exists: CUDA tests, the GPU recipe for a few epochs and the GPU benchmarks,
-# written to benchmarks/results/gpu.json. Without CUDA it says so in one line and exits 0. On the
-# device machine (no network) use its python with ../shared/tools/gpu-bundle.sh's wheels:
-# `make gpu-check GPU_PYTHON=python3`.
+# written to benchmarks/results/gpu.json. Without CUDA it says so in one line and exits 0. On a
+# machine without network, bring the wheels it lacks as docs/environment.md describes and use its
+# python: `make gpu-check GPU_PYTHON=python3`.
 GPU_PYTHON ?= $(BIN)/python
 gpu-check:
 	PYTHONPATH=src:$$PYTHONPATH $(GPU_PYTHON) benchmarks/gpu_check.py

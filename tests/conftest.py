@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Offline Prefect, isolated from the user's ~/.prefect (set before anything imports prefect).
 os.environ.update(
@@ -20,8 +22,11 @@ os.environ.update(
 
 import pytest
 
-from tests.helpers import SUBSET_SIZE, make_project, tool_env
+from tests.helpers import ADMIN_TOKEN, IMAGE_SIZE, SUBSET_SIZE, export_model, make_project, tool_env
 from transferkit.data.elpv import materialize_elpv
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +58,90 @@ def prefect_env(harness) -> dict[str, str]:
 @pytest.fixture
 def project(tmp_path: Path, elpv_subset: Path) -> Path:
     return make_project(tmp_path, elpv_subset)
+
+
+@pytest.fixture(scope="session")
+def _lite0_imagenet():
+    import torch
+
+    from transferkit.models.classifier import build_classifier
+
+    torch.manual_seed(0)
+    return build_classifier("efficientnet_lite0", "imagenet", num_classes=2, dropout=0.2).eval()
+
+
+@pytest.fixture
+def lite0(_lite0_imagenet):
+    """Lite0 with its real ImageNet weights and a head seeded 0, in eval mode: loaded once per
+    session, a fresh copy for each test (a test may train or edit it)."""
+    import copy
+
+    return copy.deepcopy(_lite0_imagenet)
+
+
+# Serving: real exported models and real ELPV cells, and an in-process server.
+@pytest.fixture(scope="session")
+def model_a(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_model(tmp_path_factory.mktemp("models") / "a" / "model.onnx", head_seed=0)
+
+
+@pytest.fixture(scope="session")
+def model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_model(tmp_path_factory.mktemp("models") / "b" / "model.onnx", head_seed=1)
+
+
+@pytest.fixture(scope="session")
+def model_int8(model_a: Path, cells: list[Path]) -> Path:
+    """model_a quantized to int8 (calibrated on real cells), metadata and contract kept."""
+    import numpy as np
+
+    from transferkit.config import Int8Params
+    from transferkit.export.quantize import quantize_int8
+    from transferkit.preprocessing import load_for_model
+
+    calibration = np.stack([load_for_model(cell, IMAGE_SIZE, "bilinear") for cell in cells])
+    path = model_a.with_name("model-int8.onnx")
+    path.write_bytes(quantize_int8(model_a.read_bytes(), calibration, Int8Params(calibration_images=len(cells))))
+    return path
+
+
+@pytest.fixture(scope="session")
+def cells(elpv_subset: Path) -> list[Path]:
+    """Eight real ELPV cell images."""
+    return sorted((elpv_subset / "images").glob("*.png"))[:8]
+
+
+@pytest.fixture
+def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., TestClient]]:
+    """Start an in-process server (lifespan included) for ``model`` with setting overrides."""
+    from fastapi.testclient import TestClient
+
+    from transferkit.serving.app import create_app
+    from transferkit.serving.settings import ADMIN_TOKEN_ENV, load_settings
+
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, ADMIN_TOKEN)
+    clients: list[TestClient] = []
+
+    def start(model: Path | str, **overrides: object) -> TestClient:
+        settings = load_settings(**{"model": str(model), "reload_interval_s": 0, **overrides})
+        client = TestClient(create_app(settings), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def trained_shrunk(tmp_path_factory: pytest.TempPathFactory, elpv_subset: Path):
+    """The shrunk config's prepare -> train -> evaluate -> gate, run once per session: the one
+    trained model tests that only read it share (they must not write into its folders)."""
+    from tests.helpers import shrunk_params
+    from transferkit.stages import evaluate, gate, prepare, train
+
+    params = shrunk_params(tmp_path_factory.mktemp("trained"), data__path=str(elpv_subset))
+    for stage in (prepare, train, evaluate, gate):
+        stage.run(params)
+    return params

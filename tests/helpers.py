@@ -8,15 +8,24 @@ few epochs), as the lightning-hydra-template does.
 from __future__ import annotations
 
 import ast
+import io
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import yaml
+from PIL import Image
+from sklearn.metrics import f1_score
 
 from transferkit import orchestration
 from transferkit.config import Params, parse_params, set_dotted
+from transferkit.contract import HEADLINE_METRICS, model_metadata
+from transferkit.export.onnx_export import export_onnx
+from transferkit.models.classifier import build_classifier
+from transferkit.study.store import cell_key, encode_labels, identity
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
@@ -141,3 +150,82 @@ def closure(entry: str) -> set[Path]:
                 seen.add(file)
                 pending.extend(imported_modules(file))
     return seen
+
+
+def png_bytes(size: tuple[int, int] = (40, 30), mode: str = "L") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, 128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def metric(client, name: str, default: float | None = None) -> float:
+    """A sample from /metrics; ``default`` for a labelled series not yet created."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    if default is None:
+        raise AssertionError(f"{name} not in /metrics")
+    return default
+
+
+def record_of(params_raw: dict[str, Any], finished: str = "2026-11-24T00:00:00+00:00") -> dict[str, Any]:
+    params = parse_params(params_raw)
+    labels, predicted = np.array([0, 1, 1, 0, 1]), np.array([0, 1, 0, 0, 1])
+    return {
+        "name": "2class-finetune-f1-s0",
+        "key": cell_key(params),
+        "finished": finished,
+        "params": identity(params),
+        "metrics": {"accuracy": 0.8, "macro_f1": float(f1_score(labels, predicted, average="macro"))},
+        "test": {"labels": encode_labels(labels), "predicted": encode_labels(predicted)},
+    }
+
+
+def study_params(tmp_path: Path, elpv_subset: Path, **study: object) -> Path:
+    raw = shrunk_raw()
+    raw["data"]["path"] = str(elpv_subset)
+    raw["paths"]["feature_cache"] = str(tmp_path / "feature-cache")
+    raw["study"] = {
+        "strategies": ["linear", "finetune"],
+        "fractions": [0.5, 1.0],
+        "seeds": [0],
+        "four_class": False,
+        "overrides": {"train.epochs": 1},
+        "root": str(tmp_path / "study"),
+        "store": str(tmp_path / "store"),
+        "report": str(tmp_path / "report"),
+        "jobs": 2,
+        **study,
+    }
+    file = tmp_path / "params.yaml"
+    file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return file
+
+
+# Serving tests: real exported models (ImageNet Lite0 trunk, seeded heads) at a small input size.
+IMAGE_SIZE = 64
+CLASSES = ["functional", "defective"]
+ADMIN_TOKEN = "test-admin-token"
+
+
+def export_model(path: Path, head_seed: int) -> Path:
+    """Export Lite0 with ImageNet weights and a head seeded by ``head_seed``, with full transferkit metadata."""
+    torch.manual_seed(head_seed)
+    model = build_classifier("efficientnet_lite0", "imagenet", num_classes=len(CLASSES), dropout=0.2).eval()
+    meta = {
+        "class_names": CLASSES,
+        "image_size": IMAGE_SIZE,
+        "resize": "bilinear",
+        "architecture": "efficientnet_lite0",
+        "weights": "imagenet",
+        "strategy": "linear",
+        "augment_preset": "orientation_free",
+        "calibration": {"method": "none", "temperature": 1.0, "val_nll_before": 0.7, "val_nll_after": 0.7},
+        "source": "elpv",
+        "params_hash": f"seed{head_seed}",
+        "data_hash": "test",
+    }
+    metrics = dict.fromkeys(HEADLINE_METRICS, 0.5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(export_onnx(model, IMAGE_SIZE, 17, model_metadata(meta, metrics, "fp32")))
+    return path

@@ -30,7 +30,7 @@ from transferkit import orchestration
 from transferkit.config import Params, Strategy
 from transferkit.orchestration import STAGES, TransientError
 from transferkit.registry import METRICS, Registry
-from transferkit.run_workspace import RunWorkspace, run_workspace
+from transferkit.run_workspace import RunWorkspace, deployment_home, run_workspace, use_home_storage
 
 
 class TrainingRequest(ProjectRequest):
@@ -143,7 +143,11 @@ def run_overrides(request: TrainingRequest) -> dict[str, Any]:
 @flow(name="training_pipeline", on_failure=[notify_failure], log_prints=True)
 def training_pipeline(request: TrainingRequest = TrainingRequest()) -> dict[str, Any]:
     project = Path(request.project_dir).resolve()
-    registry = Registry(project / request.registry_root, request.registry)
+    # A deployed run executes in a clone of the checkout it was deployed from (its home): the data,
+    # the DVC and feature caches and the registry are the home's, so a promotion outlives the clone.
+    home = deployment_home(project)
+    use_home_storage(project, home)
+    registry = Registry(home / request.registry_root, request.registry)
     overrides = run_overrides(request)
     production = registry.production()
     production_metrics = registry.production_metrics()
@@ -151,7 +155,7 @@ def training_pipeline(request: TrainingRequest = TrainingRequest()) -> dict[str,
     # passed to this run alone; promotion re-checks it if production moves meanwhile.
     baseline = registry.version_dir(production) / METRICS if production is not None else None
 
-    with run_workspace(project) as workspace:
+    with run_workspace(project, home) as workspace:
         params = configure_run(
             workspace, request.params_file, {**overrides, "gate.baseline_metrics": str(baseline) if baseline else None}
         )

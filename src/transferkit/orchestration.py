@@ -96,8 +96,9 @@ def apply_overrides(params_file: Path, overrides: dict[str, Any]) -> Params:
 def sync_data(project: Path, data_path: str) -> str:
     """Make sure the DVC-tracked raw data is present and recorded; return its DVC hash.
 
-    Missing data is pulled from the configured remote; a changed or new data folder (a new
-    data drop) is `dvc add`-ed, so the new version shows up in git and in `dvc.lock`.
+    Missing data is checked out from the DVC cache, or pulled into it from the configured remote
+    (`dvc pull` does both); a changed or new data folder (a new data drop) is `dvc add`-ed, so the
+    new version shows up in git and in `dvc.lock`.
     """
     data = project / data_path
     pointer = data.with_name(data.name + ".dvc")
@@ -117,9 +118,12 @@ def sync_data(project: Path, data_path: str) -> str:
                     f"then `dvc pull {pointer.name}`"
                 )
             if "missing-files" in output:  # the remote answered: it does not hold this version (no retry helps)
+                md5 = YAML(typ="safe").load(pointer.read_text())["outs"][0]["md5"]
+                cache = run_dvc(project, "cache", "dir").stdout.strip() or ".dvc/cache"
                 raise DataError(
-                    f"the DVC remote does not hold the version of {data_path} that {pointer.name} names: "
-                    "run `dvc push` where that data is, then rerun"
+                    f"the DVC remote does not hold the version of {data_path} that {pointer.name} names ({md5}), "
+                    f"nor does the DVC cache {cache}: run `dvc push` where that data is, or `dvc add {data_path}` "
+                    "there and commit the pointer, then rerun"
                 )
             raise TransientError(f"`dvc pull {pointer.name}` failed: {detail[0]}")
     else:

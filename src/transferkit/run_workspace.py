@@ -8,6 +8,10 @@ sits in ``.dvc/tmp/runs/`` (ignored by DVC's own .gitignore) and uses the projec
 so the run cache restores every stage whose inputs did not change, and the project's feature
 cache. A run's overrides are written into the worktree's params.yaml only.
 
+A deployed run on this machine executes in a throw-away clone of the checkout it was deployed
+from (prefect.yaml's pull step); ``deployment_home`` and ``use_home_storage`` keep its data, DVC
+cache, feature cache and registry in that checkout, not in the clone.
+
 A run holds an exclusive ``flock`` on ``<id>.lock`` beside its workspace ``<id>/`` for its
 lifetime; the kernel releases it when the process dies, even by SIGKILL, so the next run deletes
 workspaces whose lock it can take (left by killed runs) and never one that is in use.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import shutil
 import subprocess
 import uuid
@@ -30,6 +35,8 @@ from transferkit.errors import DataError, TransferkitError
 from transferkit.orchestration import apply_overrides, run_dvc
 
 RUNS_DIR = Path(".dvc/tmp/runs")
+# Set by prefect.yaml's process deployments to the checkout they were deployed from.
+HOME_ENV = "TRANSFERKIT_HOME"
 
 
 def _git(project: Path, *args: str) -> str:
@@ -72,6 +79,7 @@ class RunWorkspace:
     project: Path
     path: Path
     revision: str
+    home: Path  # where the shared caches live: ``project``, or the checkout a deployment's clone came from
 
     def apply(self, params_file: str, overrides: dict[str, Any]) -> Params:
         """The committed params plus ``overrides``, validated and written into this workspace only.
@@ -80,7 +88,7 @@ class RunWorkspace:
         params), so a run that retrains does not recompute the frozen trunk's activations.
         """
         committed = load_params(self.path / params_file)
-        shared_cache = {"paths.feature_cache": str(self.project / committed.paths.feature_cache)}
+        shared_cache = {"paths.feature_cache": str(self.home / committed.paths.feature_cache)}
         return apply_overrides(self.path / params_file, {**shared_cache, **overrides})
 
     def link_data(self, data_path: str) -> None:
@@ -115,9 +123,64 @@ def share_dvc_cache(workspace: Path, cache: Path) -> None:
             raise TransferkitError(f"cannot share the DVC cache with the run workspace: {result.stderr.strip()}")
 
 
+def deployment_home(project: Path) -> Path:
+    """The checkout whose data, caches and registry a run in ``project`` uses.
+
+    ``$TRANSFERKIT_HOME`` when set, else ``project`` itself (a flow called in a checkout, a run in
+    a pod). prefect.yaml's process deployments set it to the folder they were deployed from, whose
+    clone the run executes in. An explicit variable rather than "the clone's ``origin`` when that
+    is a local folder": a developer's second checkout cloned from a local folder must keep its own
+    registry, not promote into the other checkout's.
+    """
+    home = os.environ.get(HOME_ENV)
+    if not home:
+        return project.resolve()
+    path = Path(home).resolve()
+    if not (path / ".dvc").is_dir():
+        raise DataError(
+            f"${HOME_ENV} is {home}, which is not a DVC project: it names the checkout a deployment was "
+            "made from (prefect.yaml sets it); unset it to use the run's own folder"
+        )
+    return path
+
+
+def dvc_remotes(project: Path) -> dict[str, str]:
+    """The project's DVC remotes and their URLs as DVC resolves them, ``config.local`` winning."""
+    result = run_dvc(project, "config", "--list")  # project level first, then local
+    remotes = {}
+    for line in result.stdout.splitlines():
+        key, _, url = line.partition("=")
+        if key.startswith("remote.") and key.endswith(".url"):
+            remotes[key[len("remote.") : -len(".url")]] = url
+    return remotes
+
+
+def use_home_storage(project: Path, home: Path) -> None:
+    """Point a deployment's clone (``project``) at the DVC storage of its home checkout.
+
+    The cache: after `make pipeline` (or `dvc add`) it holds the data version the committed pointer
+    names and the run cache of every stage that ran, so a run on this machine needs no `dvc push`
+    and restores unchanged stages. The remotes that are local folders: the committed
+    `../dvc-remote` is relative to `.dvc/`, so a clone would resolve it to its own empty folder;
+    the clone's ``config.local`` gets home's resolved URL instead, so data pushed there is found
+    too. Remotes on shared storage (s3://, ssh://) name the same place from anywhere and are left
+    as they are, so a pod's clone (no home) pulls from them as before.
+    """
+    if project.resolve() == home:
+        return
+    share_dvc_cache(project, dvc_cache_dir(home))
+    ours = dvc_remotes(project)
+    for name, url in dvc_remotes(home).items():
+        if "://" not in url and ours.get(name) != url:
+            result = run_dvc(project, "remote", "add", "--local", "--force", name, url)
+            if result.returncode != 0:
+                raise TransferkitError(f"cannot point the run's DVC remote {name} at {url}: {result.stderr.strip()}")
+
+
 @contextlib.contextmanager
-def run_workspace(project: Path) -> Iterator[RunWorkspace]:
-    """A fresh worktree of HEAD for one run, removed afterwards whatever happens."""
+def run_workspace(project: Path, home: Path | None = None) -> Iterator[RunWorkspace]:
+    """A fresh worktree of HEAD for one run, removed afterwards whatever happens; its feature cache
+    is ``home``'s (default: ``project``'s), its DVC cache whatever ``project``'s DVC uses."""
     project = project.resolve()
     remove_stale_workspaces(project)
     revision = _git(project, "rev-parse", "HEAD")
@@ -127,7 +190,7 @@ def run_workspace(project: Path) -> Iterator[RunWorkspace]:
     try:
         _git(project, "worktree", "add", "--detach", "--force", str(path), revision)
         share_dvc_cache(path, dvc_cache_dir(project))
-        yield RunWorkspace(project, path, revision)
+        yield RunWorkspace(project, path, revision, (home or project).resolve())
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=project, capture_output=True)
         shutil.rmtree(path, ignore_errors=True)

@@ -12,6 +12,7 @@ from prefect.settings import PREFECT_API_URL
 from pydantic import BaseModel, ConfigDict
 
 from transferkit import orchestration
+from transferkit.run_workspace import deployment_home
 
 
 class ProjectRequest(BaseModel):
@@ -22,6 +23,12 @@ class ProjectRequest(BaseModel):
     project_dir: str = "."
     params_file: str = "params.yaml"
     overrides: dict[str, Any] = {}
+
+    def project(self) -> Path:
+        """Where the work runs: ``project_dir``, or for a run a process deployment started in a
+        throw-away clone, the checkout it was deployed from, so its study records, tuning journal
+        and reports outlive the clone (``TRANSFERKIT_HOME``, run_workspace.deployment_home)."""
+        return deployment_home(Path(self.project_dir))
 
 
 class DaskRequest(ProjectRequest):
@@ -45,7 +52,7 @@ def run_cli(command: str, request: DaskRequest) -> subprocess.CompletedProcess[s
     env = orchestration.tool_env()
     if api := PREFECT_API_URL.value():  # the cells' or trials' flow run reports where this one does
         env["PREFECT_API_URL"] = api
-    return subprocess.run(args, cwd=Path(request.project_dir), env=env, capture_output=True, text=True)
+    return subprocess.run(args, cwd=request.project(), env=env, capture_output=True, text=True)
 
 
 def last_line(text: str) -> str:

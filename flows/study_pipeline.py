@@ -9,7 +9,6 @@ report) when a cell failed, naming it.
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
@@ -33,7 +32,7 @@ def run_study_command(request: StudyRequest) -> subprocess.CompletedProcess[str]
 @flow(name="study")
 def study_pipeline(request: StudyRequest | None = None) -> dict[str, Any]:
     request = request or StudyRequest()
-    project = Path(request.project_dir)
+    project = request.project()
     result = run_study_command(request)
     if result.returncode == 2:  # invalid params: nothing ran
         raise RuntimeError(f"the study did not start: {last_line(result.stderr)}")

@@ -8,7 +8,6 @@ fails when no trial completed, with the reason from the trials table.
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -32,7 +31,7 @@ def run_tune_command(request: TuneRequest) -> subprocess.CompletedProcess[str]:
 @flow(name="tune")
 def tune_pipeline(request: TuneRequest | None = None) -> dict[str, Any]:
     request = request or TuneRequest()
-    project = Path(request.project_dir)
+    project = request.project()
     result = run_tune_command(request)
     if result.returncode == 2:
         raise RuntimeError(f"tuning did not start: {last_line(result.stderr)}")

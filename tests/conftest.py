@@ -22,7 +22,7 @@ os.environ.update(
 
 import pytest
 
-from tests.helpers import ADMIN_TOKEN, IMAGE_SIZE, SUBSET_SIZE, export_model, make_project, tool_env
+from tests.helpers import ADMIN_TOKEN, IMAGE_SIZE, SUBSET_SIZE, export_model, tool_env
 from transferkit.data.elpv import materialize_elpv
 
 if TYPE_CHECKING:
@@ -53,11 +53,6 @@ def prefect_env(harness) -> dict[str, str]:
     from prefect.settings import PREFECT_API_URL
 
     return {**tool_env(), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-
-
-@pytest.fixture
-def project(tmp_path: Path, elpv_subset: Path) -> Path:
-    return make_project(tmp_path, elpv_subset)
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,11 @@ few epochs), as the lightning-hydra-template does.
 from __future__ import annotations
 
 import ast
+import atexit
 import io
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,11 @@ from transferkit.study.store import cell_key, encode_labels, identity
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
+# Content-keyed caches every test of a session may share, as a project's flow runs do: the frozen
+# trunk's activations (keyed by the trunk graph and the prepared images) and, for the projects
+# that ask for it, DVC's cache with its run cache (keyed by each stage's code, data and params).
+SESSION_CACHE = Path(tempfile.mkdtemp(prefix="transferkit-test-cache-"))
+atexit.register(shutil.rmtree, SESSION_CACHE, ignore_errors=True)
 SUBSET_SIZE = 160
 
 SHRINK: dict[str, Any] = {
@@ -45,6 +52,7 @@ SHRINK: dict[str, Any] = {
 def shrunk_raw(**overrides: Any) -> dict[str, Any]:
     """The repository's params.yaml as a dict, shrunk, with dotted ``overrides`` (a__b -> a.b)."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["paths"]["feature_cache"] = str(SESSION_CACHE / "features")
     for dotted, value in {**SHRINK, **{k.replace("__", "."): v for k, v in overrides.items()}}.items():
         set_dotted(raw, dotted, value)
     return raw
@@ -53,7 +61,7 @@ def shrunk_raw(**overrides: Any) -> dict[str, Any]:
 def shrunk_params(root: Path, **overrides: Any) -> Params:
     """Validated shrunk params whose paths all live under ``root``."""
     raw = shrunk_raw(**overrides)
-    raw["paths"] = {key: str(root / value) for key, value in raw["paths"].items()}
+    raw["paths"] = {key: str(root / value) for key, value in raw["paths"].items()}  # an absolute one stays
     raw["data"]["path"] = str(root / raw["data"]["path"])
     return parse_params(raw)
 
@@ -72,8 +80,13 @@ def run_tool(
     return result
 
 
-def make_project(tmp_path: Path, elpv_subset: Path) -> Path:
-    """A throw-away copy of the project (git + DVC) with the ELPV subset and shrunk params."""
+def make_project(tmp_path: Path, elpv_subset: Path, shared_dvc_cache: bool = False) -> Path:
+    """A throw-away copy of the project (git + DVC) with the ELPV subset and shrunk params.
+
+    ``shared_dvc_cache``: the project's DVC cache is the session's (in ``.dvc/config.local``, which
+    git ignores), so its run cache restores a stage another project already ran with the same
+    code, data and params: what a flow test needs, not a test of which stages run.
+    """
     root = tmp_path / "project"
     root.mkdir()
     for name in ("dvc.yaml", "src"):
@@ -82,6 +95,8 @@ def make_project(tmp_path: Path, elpv_subset: Path) -> Path:
     (root / ".dvc").mkdir()
     for name in ("config", ".gitignore"):  # DVC's own ignores: .dvc/tmp (locks, run workspaces), cache
         shutil.copy(REPO / ".dvc" / name, root / ".dvc" / name)
+    if shared_dvc_cache:
+        (root / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {SESSION_CACHE / 'dvc'}\n")
     shutil.copytree(elpv_subset, root / "data" / "raw" / "elpv")
     (root / "params.yaml").write_text(yaml.safe_dump(shrunk_raw(), sort_keys=False))
     # the real repo's ignores (registry, feature cache, checkpoints); data belongs to DVC
@@ -184,7 +199,6 @@ def record_of(params_raw: dict[str, Any], finished: str = "2026-11-24T00:00:00+0
 def study_params(tmp_path: Path, elpv_subset: Path, **study: object) -> Path:
     raw = shrunk_raw()
     raw["data"]["path"] = str(elpv_subset)
-    raw["paths"]["feature_cache"] = str(tmp_path / "feature-cache")
     raw["study"] = {
         "strategies": ["linear", "finetune"],
         "fractions": [0.5, 1.0],

@@ -76,7 +76,7 @@ def _stop(group: subprocess.Popen[bytes]) -> None:
 
 
 def users_checkout(tmp_path: Path, elpv_subset: Path) -> Path:
-    project = make_project(tmp_path, elpv_subset)
+    project = make_project(tmp_path, elpv_subset, shared_dvc_cache=True)
     for name in ("flows", "deploy"):
         shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "prefect.yaml", project / "prefect.yaml")

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def flow_project(tmp_path_factory: pytest.TempPathFactory, elpv_subset: Path, harness) -> Path:
-    return make_project(tmp_path_factory.mktemp("flow"), elpv_subset)
+    return make_project(tmp_path_factory.mktemp("flow"), elpv_subset, shared_dvc_cache=True)
 
 
 def _request(root: Path, **extra):

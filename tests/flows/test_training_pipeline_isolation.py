@@ -25,7 +25,7 @@ REGISTRY = "isolated"
 
 @pytest.fixture
 def committed(tmp_path: Path, elpv_subset: Path, harness) -> Path:
-    root = make_project(tmp_path, elpv_subset)
+    root = make_project(tmp_path, elpv_subset, shared_dvc_cache=True)
     commit_tracked_data(root)
     return root
 

@@ -1,6 +1,7 @@
 """CUDA paths: end-to-end training with live augmentation and bf16, and the CUDA ONNX provider.
 
-Skipped where no CUDA device is present; the same code paths run on the CPU in tests/stages/test_cuda_twins.py and tests/serving.
+Skipped where no CUDA device is present; the same code paths run on the CPU in
+tests/stages/test_cuda_twins.py and tests/serving.
 """
 
 from __future__ import annotations

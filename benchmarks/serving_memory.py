@@ -31,8 +31,8 @@ from PIL import Image
 
 from results import write_results
 from serving import free_port, load
-from transferkit.data.elpv import package_data_dir
 from transferkit.contract import HEADLINE_METRICS, model_metadata
+from transferkit.data.elpv import package_data_dir
 from transferkit.export.onnx_export import export_onnx
 from transferkit.models.classifier import build_classifier
 from transferkit.serving.client import ServingClient

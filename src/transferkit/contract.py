@@ -16,7 +16,13 @@ import onnx
 from transferkit import __version__
 
 INPUT_NAME = "images"
-OUTPUT_NAMES = ("logits", "probabilities")
+OUTPUT_NAMES = ("logits", "probabilities")  # every model has these; a consumer may read only them
+# Later outputs, optional for consumers (a model exported before them still serves):
+# ``decision``: int64 (batch,), an index into metadata ``decision.names`` (pass / flag / review);
+# ``heatmap``: float32 (batch, classes, h, w), class activation maps over the last feature map in
+# calibrated-logit units; summed over h and w they give ``logits`` (metadata ``heatmap``).
+DECISION_OUTPUT = "decision"
+HEATMAP_OUTPUT = "heatmap"
 METADATA_PREFIX = "transferkit."
 INPUT_CONTRACT = {"name": INPUT_NAME, "dtype": "uint8", "layout": "NCHW", "channels": "RGB", "range": [0, 255]}
 # Whatever the weights' precision, the graph takes uint8 images and returns fp32 tensors.
@@ -47,7 +53,8 @@ def model_metadata(
 ) -> dict[str, Any]:
     """Everything an export writes into ``metadata_props``, from the checkpoint and its test metrics.
 
-    ``quantization`` (int8 only) says how the model was calibrated.
+    ``quantization`` (int8 only) says how the model was calibrated. The exporter adds what
+    describes the graph it traced (``graph_metadata``).
     """
     return {
         **({"quantization": quantization} if quantization else {}),
@@ -70,6 +77,25 @@ def model_metadata(
         "test_metrics": {key: metrics[key] for key in HEADLINE_METRICS},
         "transferkit_version": __version__,
     }
+
+
+def graph_metadata(
+    outputs: list[str], decision: dict[str, Any] | None, heatmap_shape: tuple[int, int] | None, image_size: int
+) -> dict[str, Any]:
+    """The keys that describe a traced graph's outputs: their names, the decision rule
+    (``decision.DecisionRule.as_metadata``) and what the ``heatmap`` holds, when present."""
+    described: dict[str, Any] = {"outputs": outputs}
+    if decision is not None:
+        described[DECISION_OUTPUT] = decision
+    if heatmap_shape is not None:
+        height, width = heatmap_shape
+        described[HEATMAP_OUTPUT] = {
+            "shape": [height, width],
+            "stride": image_size / height,  # input pixels per map cell, for drawing it over the image
+            "units": "calibrated logit contributed by each position",
+            "sums_to": "logits",  # over the last two axes, up to float rounding
+        }
+    return described
 
 
 def lineage(metadata: dict[str, Any]) -> dict[str, Any]:

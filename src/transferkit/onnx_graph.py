@@ -83,6 +83,8 @@ def trace_to_onnx(module: nn.Module, image_size: int, output_names: list[str], o
     example = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        # Sizes read as plain ints (the class maps' position count) are constants for one input size.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             with_static_padding(module, image_size),
             (example,),
@@ -156,6 +158,16 @@ def _unpadded_conv(node: onnx.NodeProto) -> bool:
         and not any(attributes.get("pads", []))
         and attributes.get("auto_pad", b"NOTSET") == b"NOTSET"
     )
+
+
+def downstream_nodes(proto: onnx.ModelProto, tensor: str) -> list[onnx.NodeProto]:
+    """Every node that depends on ``tensor``, directly or not, in graph order."""
+    reached, nodes = {tensor}, []
+    for node in proto.graph.node:  # ONNX graphs are topologically sorted
+        if any(name in reached for name in node.input):
+            nodes.append(node)
+            reached.update(node.output)
+    return nodes
 
 
 def _without_dead_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:

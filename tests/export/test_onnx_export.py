@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
-from transferkit.contract import read_metadata
+from transferkit.contract import DECISION_OUTPUT, HEATMAP_OUTPUT, OUTPUT_NAMES, read_metadata
+from transferkit.decision import DecisionRule
 from transferkit.errors import ExportError, ModelError
 from transferkit.export.onnx_export import MAX_IR_VERSION, check_parity, export_onnx
 from transferkit.models.classifier import build_classifier
@@ -54,11 +56,14 @@ def test_metadata_and_ir_version_travel_with_the_model(exported) -> None:
     _, path = exported
     proto = onnx.load(str(path))
     assert proto.ir_version <= MAX_IR_VERSION
-    assert read_metadata(proto) == META
+    metadata = read_metadata(proto)
+    assert {key: metadata[key] for key in META} == META
+    assert metadata["outputs"] == [*OUTPUT_NAMES, HEATMAP_OUTPUT]
+    assert metadata[HEATMAP_OUTPUT]["shape"] == [2, 2] and metadata[HEATMAP_OUTPUT]["stride"] == 32
     graph_input = proto.graph.input[0]
     assert graph_input.name == "images"
     assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    assert [o.name for o in proto.graph.output] == ["logits", "probabilities"]
+    assert [o.name for o in proto.graph.output][:2] == ["logits", "probabilities"]  # the first two, always
 
 
 def test_predictions_carry_class_names_and_probabilities(exported) -> None:
@@ -164,3 +169,71 @@ def test_accuracy_drop_rule_names_the_drop() -> None:
     assert check_accuracy_drop(reference + 0.3, reference, labels, 0.0).passed
     with pytest.raises(ExportError, match=r"loses 25\.00 points .* 0\.1"):
         check_accuracy_drop(flipped, reference, labels, 0.1)
+
+
+RULE = DecisionRule(positive=(1,), lower=0.3, upper=0.7, threshold=0.5)
+
+
+def _outputs(model_bytes: bytes, images: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": images}), strict=True))
+
+
+@pytest.fixture(scope="module")
+def with_decision(exported) -> dict[str, bytes]:
+    """The same classifier at each precision, with a decision rule and a temperature of 1.5."""
+    from transferkit.config import Int8Params
+    from transferkit.export.quantize import quantize_int8
+
+    model, _ = exported
+    fp32 = export_onnx(model, 64, 17, META, "fp32", 1.5, RULE)
+    calibration = np.random.default_rng(5).integers(0, 256, (16, 3, 64, 64), dtype=np.uint8)
+    return {
+        "fp32": fp32,
+        "fp16": export_onnx(model, 64, 17, META, "fp16", 1.5, RULE),
+        "int8": quantize_int8(fp32, calibration, Int8Params()),
+    }
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_decision_and_heatmap_outputs_follow_the_probabilities(with_decision, precision) -> None:
+    """The in-graph decision is the numpy rule on the graph's own probabilities, and the class maps
+    sum over positions to the graph's own logits, at every precision."""
+    images = np.random.default_rng(3).integers(0, 256, (6, 3, 64, 64), dtype=np.uint8)
+    out = _outputs(with_decision[precision], images)
+    assert list(out) == [*OUTPUT_NAMES, DECISION_OUTPUT, HEATMAP_OUTPUT]
+    decision = read_metadata(onnx.load_from_string(with_decision[precision]))[DECISION_OUTPUT]
+    assert DecisionRule.from_metadata(decision, META["class_names"]) == RULE
+    assert decision["names"] == ["pass", "flag", "review"]
+    assert out[DECISION_OUTPUT].dtype == np.int64 and out[HEATMAP_OUTPUT].dtype == np.float32
+    np.testing.assert_array_equal(out[DECISION_OUTPUT], RULE.decide(out["probabilities"]))
+    assert out[HEATMAP_OUTPUT].shape == (6, 2, 2, 2)  # Lite0's stride 32 at 64 px
+    tolerance = 1e-5 if precision != "int8" else 0.05 * np.abs(out["logits"]).max()
+    assert np.abs(out[HEATMAP_OUTPUT].sum((2, 3)) - out["logits"]).max() < tolerance
+
+
+def test_heatmap_matches_pytorch_class_maps(exported, with_decision) -> None:
+    model, _ = exported
+    images = np.random.default_rng(4).integers(0, 256, (3, 3, 64, 64), dtype=np.uint8)
+    with torch.no_grad():
+        logits, maps = model.logits_and_maps(torch.from_numpy(images))
+    np.testing.assert_allclose(maps.sum((2, 3)).numpy(), logits.numpy(), atol=1e-5)  # exact up to rounding
+    fp32, fp16 = (_outputs(with_decision[name], images) for name in ("fp32", "fp16"))
+    assert np.abs(fp32[HEATMAP_OUTPUT] - maps.numpy() / 1.5).max() < 1e-4
+    assert np.abs(fp16[HEATMAP_OUTPUT] - maps.numpy() / 1.5).max() < 0.05
+
+
+def test_fp16_keeps_the_head_and_the_decision_in_fp32(with_decision) -> None:
+    """Only the backbone is converted: the head's weights and everything after them stay fp32."""
+    half = onnx.load_from_string(with_decision["fp16"])
+    types = {t.name: t.data_type for t in half.graph.initializer}
+    gemm = next(node for node in half.graph.node if node.op_type == "Gemm")
+    assert types[gemm.input[1]] == onnx.TensorProto.FLOAT
+    assert onnx.TensorProto.FLOAT16 in types.values()
+
+
+def test_new_outputs_use_only_standard_onnx_operators(with_decision) -> None:
+    """A downstream app on another ONNX runtime gets the same outputs: no contrib-domain ops."""
+    for precision in ("fp32", "fp16"):
+        proto = onnx.load_from_string(with_decision[precision])
+        assert {node.domain for node in proto.graph.node} <= {"", "ai.onnx"}

@@ -130,6 +130,12 @@ def test_v2_protocol_endpoints_and_json_infer(serve, model_a: Path, cells: list[
     logits, probabilities = classifier.run(images)
     assert np.allclose(outputs["logits"], logits, atol=1e-5)
     assert np.allclose(outputs["probabilities"], probabilities, atol=1e-6)
+    # The optional class maps travel too, declared in the metadata, and sum to the logits.
+    assert [o["name"] for o in metadata["outputs"]] == ["logits", "probabilities", "heatmap"]
+    assert metadata["outputs"][2]["shape"][:2] == [-1, 2]
+    assert np.allclose(outputs["heatmap"].sum((2, 3)), logits, atol=1e-4)
+    only = infer_body(images) | {"outputs": [{"name": "probabilities"}]}
+    assert [o["name"] for o in client.post("/v2/models/cells/infer", json=only).json()["outputs"]] == ["probabilities"]
 
 
 @pytest.mark.parametrize(

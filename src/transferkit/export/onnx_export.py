@@ -16,54 +16,131 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from onnx import helper
 from torch import nn
 
-from transferkit.contract import METADATA_PREFIX, OUTPUT_NAMES
+from transferkit.contract import DECISION_OUTPUT, HEATMAP_OUTPUT, METADATA_PREFIX, OUTPUT_NAMES, graph_metadata
+from transferkit.decision import DecisionRule
 from transferkit.errors import ExportError
-from transferkit.onnx_graph import trace_to_onnx
+from transferkit.models.classifier import ImageClassifier
+from transferkit.onnx_graph import downstream_nodes, trace_to_onnx
 
 # ONNX Runtime 1.31 loads IR version <= 13 (onnx 1.23 writes 14 by default).
 MAX_IR_VERSION = 13
 
 
+# An internal output: where the fp16 conversion stops. Removed before the model is written.
+FEATURES = "features"
+
+
 class _ExportedClassifier(nn.Module):
-    """The classifier with its calibration baked in: both outputs are temperature-scaled, so
-    ``softmax(logits) == probabilities`` holds for consumers that compute their own softmax."""
+    """The classifier with its calibration baked in, plus the optional outputs.
 
-    def __init__(self, model: nn.Module, temperature: float) -> None:
+    Both ``logits`` and ``probabilities`` are temperature-scaled, so ``softmax(logits) ==
+    probabilities`` holds for consumers that compute their own softmax. ``decision`` applies
+    ``rule`` to the probabilities; ``heatmap`` is the class activation maps, scaled like the
+    logits. A model that is not an ``ImageClassifier`` (an ensemble) has no single feature map,
+    so it gets no heatmap.
+    """
+
+    def __init__(self, model: nn.Module, temperature: float, rule: DecisionRule | None) -> None:
         super().__init__()
-        self.model, self.temperature = model, temperature
+        self.model, self.temperature, self.rule = model, temperature, rule
+        self.maps = isinstance(model, ImageClassifier)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(images)
-        if self.temperature != 1.0:
-            logits = logits / self.temperature
-        return logits, torch.softmax(logits, dim=1)
+    @property
+    def output_names(self) -> list[str]:
+        optional = [DECISION_OUTPUT] * (self.rule is not None) + [HEATMAP_OUTPUT, FEATURES] * self.maps
+        return [*OUTPUT_NAMES, *optional]
+
+    def describe(
+        self, image_size: int, class_names: list[str] | None
+    ) -> tuple[list[str], dict[str, Any] | None, tuple[int, int] | None]:
+        """The outputs as written, the rule as metadata, and the heatmap's (h, w)."""
+        shape = None
+        if self.maps:
+            with torch.no_grad():
+                features = self.model.feature_map(torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8))
+            shape = (int(features.shape[-2]), int(features.shape[-1]))
+        if self.rule is not None and class_names is None:
+            raise ExportError("a decision rule needs the class names in the model's metadata")
+        decision = None if self.rule is None else self.rule.as_metadata(class_names)
+        return [name for name in self.output_names if name != FEATURES], decision, shape
+
+    def _decision(self, probabilities: torch.Tensor) -> torch.Tensor:
+        rule = self.rule
+        if not rule.positive:
+            confidence = probabilities.max(dim=1).values
+            return torch.where(confidence >= rule.lower, 0, 1)
+        score = probabilities[:, list(rule.positive)].sum(dim=1)
+        return torch.where(score >= rule.upper, 1, torch.where(score < rule.lower, 0, 2))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.maps:
+            features = self.model.feature_map(images)
+            logits = self.model.forward_top(features, self.model.num_units)
+        else:
+            logits = self.model(images)
+        logits = logits / self.temperature
+        probabilities = torch.softmax(logits, dim=1)
+        outputs = [logits, probabilities]
+        if self.rule is not None:
+            outputs.append(self._decision(probabilities))
+        if self.maps:
+            outputs += [self.model.class_maps(features) / self.temperature, features]
+        return tuple(outputs)
 
 
-def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """fp16 weights and compute with the contract kept: uint8 ``images`` in, fp32 outputs out.
+def to_fp16(proto: onnx.ModelProto, split: str) -> onnx.ModelProto:
+    """fp16 weights and compute up to tensor ``split``, fp32 from there on; uint8 in, fp32 out.
 
-    onnxconverter-common converts the network up to the logits; the softmax is detached first
-    and re-attached in fp32 on the fp32 logits (the converter mishandles a graph output that also
-    feeds a node). Cast nodes (the uint8 input's, and the padding arithmetic of TF-style "same"
+    ``split`` is the last feature map (or, for a model without one, the logits): the backbone,
+    where the compute is, runs in fp16, and the head, the temperature, the softmax, the decision
+    and the heatmap stay in fp32, so fp16's rounding is not repeated on the logit scale and a
+    score near a decision threshold is compared in full precision. onnxconverter-common converts
+    the graph with the fp32 part detached, then it is re-attached to the converter's fp32 copy of
+    ``split``. Cast nodes (the uint8 input's, and the padding arithmetic of TF-style "same"
     convolutions) stay in fp32 with casts around them: the converter retypes a Cast's output but
     not its ``to`` attribute.
     """
     from onnxconverter_common import float16
 
     graph = proto.graph
-    softmax = next(n for n in graph.node if n.op_type == "Softmax" and n.output[0] == OUTPUT_NAMES[1])
-    probabilities = next(o for o in graph.output if o.name == OUTPUT_NAMES[1])
-    graph.node.remove(softmax)
-    graph.output.remove(probabilities)
+    tail = downstream_nodes(proto, split)
+    tail_inputs = {name for node in tail for name in node.input}
+    other_inputs = {name for node in graph.node if node not in tail for name in node.input}
+    # Constants and weights only the fp32 part reads (the head's, the temperature) stay fp32 with it.
+    constants = [n for n in graph.node if n.op_type == "Constant" and n.output[0] in tail_inputs - other_inputs]
+    weights = [t for t in graph.initializer if t.name in tail_inputs - other_inputs]
+    tail_tensors = {name for node in tail for name in node.output}
+    outputs = list(graph.output)
+    kept_info = [info for info in graph.value_info if info.name not in tail_tensors]
+    for node in constants + tail:
+        graph.node.remove(node)
+    for weight in weights:
+        graph.initializer.remove(weight)
+    del graph.output[:]
+    graph.output.extend(o for o in outputs if o.name not in tail_tensors)
+    if split not in {o.name for o in graph.output}:
+        graph.output.append(helper.make_tensor_value_info(split, onnx.TensorProto.FLOAT, None))
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
     casts = [n.name for n in graph.node if n.op_type == "Cast"]
     with warnings.catch_warnings():  # one warning per tiny weight clamped to fp16's range; parity decides
         warnings.simplefilter("ignore", UserWarning)
         half = float16.convert_float_to_float16(proto, keep_io_types=True, node_block_list=casts)
-    half.graph.node.append(softmax)
-    half.graph.output.append(probabilities)
+    half.graph.initializer.extend(weights)
+    half.graph.node.extend(constants + tail)
+    del half.graph.output[:]
+    half.graph.output.extend(outputs)
     return half
+
+
+def _without_output(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    kept = [o for o in proto.graph.output if o.name != name]
+    del proto.graph.output[:]
+    proto.graph.output.extend(kept)
+    return proto
 
 
 def export_onnx(
@@ -73,14 +150,23 @@ def export_onnx(
     metadata: dict[str, Any],
     precision: str = "fp32",
     temperature: float = 1.0,
+    rule: DecisionRule | None = None,
 ) -> bytes:
-    """Serialized, checked ONNX model at ``precision`` whose outputs are divided by ``temperature``;
+    """Serialized, checked ONNX model at ``precision`` whose outputs are divided by ``temperature``,
+    with a ``decision`` output when ``rule`` is given and a ``heatmap`` for a single classifier;
     the caller verifies it before writing it anywhere. ``model`` maps uint8 images to logits (a
     classifier, or an ensemble of them)."""
-    wrapped = _ExportedClassifier(model.cpu(), temperature).eval()
-    proto = trace_to_onnx(wrapped, image_size, list(OUTPUT_NAMES), opset)
+    wrapped = _ExportedClassifier(model.cpu(), temperature, rule).eval()
+    proto = trace_to_onnx(wrapped, image_size, wrapped.output_names, opset)
+    outputs, decision, heatmap_shape = wrapped.describe(image_size, metadata.get("class_names"))
+    metadata = {**metadata, **graph_metadata(outputs, decision, heatmap_shape, image_size)}
+    if heatmap_shape is not None:  # the tracer leaves the map's spatial dims symbolic; they are fixed
+        heatmap = next(o for o in proto.graph.output if o.name == HEATMAP_OUTPUT)
+        for dim, size in zip(heatmap.type.tensor_type.shape.dim[2:], heatmap_shape, strict=True):
+            dim.dim_value = size
     if precision == "fp16":
-        proto = to_fp16(proto)
+        proto = to_fp16(proto, FEATURES if wrapped.maps else OUTPUT_NAMES[0])
+    proto = _without_output(proto, FEATURES)
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
     proto.producer_name = "transferkit"
     for key, value in metadata.items():

@@ -19,6 +19,7 @@ import onnx
 
 from transferkit.config import Int8Params
 from transferkit.contract import INPUT_NAME
+from transferkit.onnx_graph import downstream_nodes
 
 
 class _Calibration:
@@ -59,8 +60,10 @@ def shape_nodes(proto: onnx.ModelProto) -> list[str]:
 
 def float_nodes(proto: onnx.ModelProto, keep: list[str]) -> list[str]:
     """Nodes that stay in float: always the softmax (its probabilities are the contract, and 8 bits
-    do not sum to one), plus the first convolution and/or the classifier head when asked."""
-    names = [n.name for n in proto.graph.node if n.op_type == "Softmax"]
+    do not sum to one) and the decision computed from its probabilities (a threshold compared in
+    float), plus the first convolution and/or the classifier head when asked."""
+    softmaxes = [n for n in proto.graph.node if n.op_type == "Softmax"]
+    names = [n.name for n in softmaxes] + [n.name for s in softmaxes for n in downstream_nodes(proto, s.output[0])]
     if "first_conv" in keep:
         names.append(next(n.name for n in proto.graph.node if n.op_type == "Conv"))
     if "head" in keep:

@@ -22,7 +22,11 @@ from transferkit.contract import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAMES, read
 from transferkit.errors import ExportError
 from transferkit.io import atomic_write, sha256_file
 
-ONNX_TO_TRITON = {onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.FLOAT: "TYPE_FP32"}
+ONNX_TO_TRITON = {
+    onnx.TensorProto.UINT8: "TYPE_UINT8",
+    onnx.TensorProto.FLOAT: "TYPE_FP32",
+    onnx.TensorProto.INT64: "TYPE_INT64",  # the decision
+}
 CONFIG = "config.pbtxt"
 MANIFEST = "inferenceservice.yaml"
 
@@ -43,15 +47,20 @@ class Tensor:
     name: str
     data_type: str
     dims: tuple[int, ...]  # without the batch dimension
+    # A per-sample scalar (the decision, shape (batch,)): Triton declares dims [1] and reshapes to [].
+    scalar: bool = False
 
 
 def model_tensors(model: onnx.ModelProto) -> tuple[Tensor, list[Tensor]]:
-    """The ``images`` input and both outputs, with Triton types and per-sample dims; refuses a graph
-    that breaks the transferkit contract (Triton would fail later and less clearly)."""
+    """The ``images`` input and every output (the contract's two first, then the optional ones),
+    with Triton types and per-sample dims; refuses a graph that breaks the transferkit contract
+    (Triton would fail later and less clearly)."""
 
     def tensor(value: onnx.ValueInfoProto) -> Tensor:
         kind = value.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in kind.shape.dim]
+        if kind.elem_type in ONNX_TO_TRITON and len(dims) == 1:
+            return Tensor(value.name, ONNX_TO_TRITON[kind.elem_type], (1,), scalar=True)
         if kind.elem_type not in ONNX_TO_TRITON or len(dims) < 2 or any(d <= 0 for d in dims[1:]):
             raise ExportError(
                 f"{value.name}: Triton needs a known element type and fixed per-sample dims, got "
@@ -66,7 +75,8 @@ def model_tensors(model: onnx.ModelProto) -> tuple[Tensor, list[Tensor]]:
             f"not a transferkit model: expected input {INPUT_NAME!r} and outputs {list(OUTPUT_NAMES)}, "
             f"got {list(inputs)} and {list(outputs)}"
         )
-    return inputs[INPUT_NAME], [outputs[name] for name in OUTPUT_NAMES]
+    optional = [tensor for name, tensor in outputs.items() if name not in OUTPUT_NAMES]
+    return inputs[INPUT_NAME], [outputs[name] for name in OUTPUT_NAMES] + optional
 
 
 def _quote(text: str) -> str:
@@ -85,7 +95,9 @@ def config_pbtxt(name: str, model: onnx.ModelProto, options: TritonOptions) -> s
 
     def io_block(tensor: Tensor) -> str:
         dims = ", ".join(map(str, tensor.dims))
-        return f"  {{\n    name: {_quote(tensor.name)}\n    data_type: {tensor.data_type}\n    dims: [ {dims} ]\n  }}"
+        reshape = "\n    reshape: { shape: [ ] }" if tensor.scalar else ""
+        name = _quote(tensor.name)
+        return f"  {{\n    name: {name}\n    data_type: {tensor.data_type}\n    dims: [ {dims} ]{reshape}\n  }}"
 
     instance = f"count: {options.instances}\n    kind: KIND_{options.instance_kind.upper()}"
     if options.instance_kind == "gpu":

@@ -50,6 +50,29 @@ class ImageClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_top(self.trunk(images, 0), 0)
 
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The last units' activations, (batch, features, h, w): what the head pools."""
+        return self.forward_units(self.normalize(images), 0, self.num_units)
+
+    def class_maps(self, features: torch.Tensor) -> torch.Tensor:
+        """Class activation maps (batch, classes, h, w) of a ``feature_map``.
+
+        The head is a global average pool and one linear layer, so applying the linear layer at
+        every position instead (a 1x1 convolution) and dividing by the number of positions gives
+        maps that sum, over positions, to the logits exactly: the map says which part of the
+        image contributed how much to each class's logit, with no gradients.
+        """
+        linear = self.head[-1]
+        maps = nn.functional.conv2d(features, linear.weight[:, :, None, None], linear.bias)
+        # Plain ints: the exported graph has one input size, so the count is a constant there.
+        positions = int(features.shape[-2]) * int(features.shape[-1])
+        return maps / positions
+
+    def logits_and_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (pool, then linear: what ``forward`` computes) and class maps from one pass."""
+        features = self.feature_map(images)
+        return self.forward_top(features, self.num_units), self.class_maps(features)
+
 
 def build_classifier(architecture: str, weights: str, num_classes: int, dropout: float) -> ImageClassifier:
     return ImageClassifier(build_backbone(architecture, weights), num_classes, dropout)

@@ -28,7 +28,13 @@ from transferkit.errors import DataError, ModelError
 from transferkit.serving.batcher import Overloaded
 from transferkit.serving.metrics import RequestMetricsMiddleware
 from transferkit.serving.model_source import ServedModel
-from transferkit.serving.open_inference import HEADER_LENGTH, InferError, infer_response, parse_infer_request
+from transferkit.serving.open_inference import (
+    HEADER_LENGTH,
+    V2_DATATYPES,
+    InferError,
+    infer_response,
+    parse_infer_request,
+)
 from transferkit.serving.settings import ServeSettings, load_settings
 from transferkit.serving.state import ServerState
 
@@ -142,7 +148,7 @@ def _model_info(state: ServerState, model: ServedModel) -> dict[str, Any]:
             "image_size": classifier.image_size,
             "resize": classifier.resize,
         },
-        "outputs": list(OUTPUT_NAMES),
+        "outputs": classifier.output_names,
         "lineage": {**lineage(metadata), **model.lineage},
         "sha256": classifier.sha256,
         "source": state.source.describe(),
@@ -152,13 +158,15 @@ def _model_info(state: ServerState, model: ServedModel) -> dict[str, Any]:
 
 
 def _v2_metadata(state: ServerState, model: ServedModel) -> dict[str, Any]:
-    classes = len(model.classifier.class_names)
     return {
         "name": state.name,
         "versions": [model.version],
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, *model.classifier.input_shape]}],
-        "outputs": [{"name": name, "datatype": "FP32", "shape": [-1, classes]} for name in OUTPUT_NAMES],
+        "outputs": [
+            {"name": output.name, "datatype": V2_DATATYPES[output.type], "shape": [-1, *output.shape[1:]]}
+            for output in model.classifier.session.get_outputs()
+        ],
     }
 
 
@@ -248,7 +256,7 @@ def _add_v1_routes(app: FastAPI) -> None:
         [(_, payload)] = await _image_payloads(request, max_images=1)
         model = state.model
         image = await state.preprocess(model, payload)
-        _, probabilities = await state.infer(model, image[None])
+        probabilities = (await state.infer(model, image[None]))[OUTPUT_NAMES[1]]
         result = model.classifier.label(probabilities[0])
         return Prediction(**vars(result), model_name=state.name, model_version=model.version)
 
@@ -267,7 +275,7 @@ def _add_v1_routes(app: FastAPI) -> None:
             except DataError as error:
                 results.append(FilePrediction(filename=filename, error=str(error)))
         if images:
-            _, probabilities = await state.infer(model, np.stack(images))
+            probabilities = (await state.infer(model, np.stack(images)))[OUTPUT_NAMES[1]]
             decoded = iter(probabilities)
             for entry in results:
                 if entry.error is None:
@@ -327,10 +335,10 @@ def _add_v2_routes(app: FastAPI) -> None:
                 request.headers.get(HEADER_LENGTH),
                 model.classifier.input_shape,
                 state.settings.max_request_images,
+                model.classifier.output_names,
             )
-            logits, probabilities = await state.infer(model, images)
             payload, header_length = infer_response(
-                infer_request, state.name, model.version, dict(zip(OUTPUT_NAMES, (logits, probabilities), strict=True))
+                infer_request, state.name, model.version, await state.infer(model, images)
             )
             if header_length is None:
                 return Response(payload, media_type="application/json")

@@ -62,8 +62,8 @@ class DynamicBatcher:
             await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    async def infer(self, model: ServedModel, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, probabilities) for ``images``, possibly computed together with other requests."""
+    async def infer(self, model: ServedModel, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the model for ``images``, by name, possibly computed together with other requests."""
         if self._queued_images + len(images) > self.max_queue:
             raise Overloaded(f"{self._queued_images} images are already waiting (limit {self.max_queue})")
         request = _Request(model, images)
@@ -116,9 +116,9 @@ class DynamicBatcher:
     async def _run(self, batch: list[_Request]) -> None:
         images = np.concatenate([r.images for r in batch]) if len(batch) > 1 else batch[0].images
         self.metrics.batch_size.observe(len(images))
-        run = batch[0].model.classifier.run
+        run = batch[0].model.classifier.run_all
         try:
-            logits, probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, run, images)
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, run, images)
         except Exception as error:  # an ORT failure answers these requests; the server keeps serving
             for request in batch:
                 if not request.future.done():
@@ -128,7 +128,7 @@ class DynamicBatcher:
             for request in batch:
                 end = start + len(request.images)
                 if not request.future.done():  # a client that went away has a cancelled future
-                    request.future.set_result((logits[start:end], probabilities[start:end]))
+                    request.future.set_result({name: value[start:end] for name, value in outputs.items()})
                 start = end
         finally:
             self._queued_images -= len(images)

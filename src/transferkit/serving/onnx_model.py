@@ -74,6 +74,8 @@ class OnnxClassifier:
             raise ModelError(cuda_unavailable_message(self.providers))
         self.on_gpu = self.providers[0] != CPU
         self.io_binding = self.on_gpu if io_binding is None else io_binding
+        # The contract's outputs first, then whichever optional ones (decision, heatmap) this model has.
+        self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
         self.class_names: list[str] = list(self.metadata["class_names"])
         self.image_size = int(self.metadata["image_size"])
         self.resize = str(self.metadata["resize"])
@@ -84,18 +86,21 @@ class OnnxClassifier:
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logits, probabilities) for uint8 NCHW images at the model's resolution."""
+        outputs = self.run_all(images)
+        return outputs[OUTPUT_NAMES[0]], outputs[OUTPUT_NAMES[1]]
+
+    def run_all(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the model, by name, for uint8 NCHW images at the model's resolution."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
         if not self.io_binding:
-            logits, probabilities = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
-            return logits, probabilities
+            return dict(zip(self.output_names, self.session.run(self.output_names, {INPUT_NAME: images}), strict=True))
         # Outputs are allocated on the session's device and copied back in one transfer.
         binding = self.session.io_binding()
         binding.bind_cpu_input(INPUT_NAME, images)
-        for name in OUTPUT_NAMES:
+        for name in self.output_names:
             binding.bind_output(name, "cuda" if self.on_gpu else "cpu")
         self.session.run_with_iobinding(binding)
-        logits, probabilities = binding.copy_outputs_to_cpu()
-        return logits, probabilities
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu(), strict=True))
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         return self.run(images)[0]

@@ -9,6 +9,7 @@ Every way a request can be wrong becomes an ``InferError`` whose message names t
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -48,9 +49,14 @@ class InferRequest(BaseModel):
 
 
 def parse_infer_request(
-    body: bytes, header_length: str | None, image_shape: tuple[int, ...], max_images: int
+    body: bytes,
+    header_length: str | None,
+    image_shape: tuple[int, ...],
+    max_images: int,
+    output_names: Sequence[str] = OUTPUT_NAMES,
 ) -> tuple[InferRequest, np.ndarray]:
-    """The request and its ``images`` tensor as uint8 NCHW, checked against the model's input contract."""
+    """The request and its ``images`` tensor as uint8 NCHW, checked against the model's input
+    contract; the outputs it asks for must be among ``output_names`` (the model's own)."""
     json_part, binary = _split_body(body, header_length)
     try:
         request = InferRequest.model_validate_json(json_part)
@@ -71,8 +77,8 @@ def parse_infer_request(
         )
     images = _tensor_data(tensor, binary).reshape(tensor.shape)
     for output in request.outputs or []:
-        if output.name not in OUTPUT_NAMES:
-            raise InferError(f"unknown output {output.name!r}; this model has {list(OUTPUT_NAMES)}")
+        if output.name not in output_names:
+            raise InferError(f"unknown output {output.name!r}; this model has {list(output_names)}")
     return request, images
 
 
@@ -111,16 +117,22 @@ def _tensor_data(tensor: TensorIn, binary: bytes) -> np.ndarray:
     return values.astype(np.uint8)
 
 
+# ONNX Runtime's output types, as the Open Inference Protocol names them.
+V2_DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64"}
+
+
 def infer_response(
     request: InferRequest, model_name: str, model_version: str, results: dict[str, np.ndarray]
 ) -> tuple[bytes, int | None]:
     """The response body and, when any output is binary, the JSON header length for the response header."""
     default_binary = bool(request.parameters.get("binary_data_output", False))
-    wanted = request.outputs or [OutputRequest(name=name) for name in OUTPUT_NAMES]
+    wanted = request.outputs or [OutputRequest(name=name) for name in results]
     outputs, blobs = [], []
     for output in wanted:
-        array = np.ascontiguousarray(results[output.name], dtype="<f4")
-        entry: dict[str, Any] = {"name": output.name, "datatype": "FP32", "shape": list(array.shape)}
+        value = results[output.name]
+        datatype = "INT64" if value.dtype == np.int64 else "FP32"
+        array = np.ascontiguousarray(value, dtype="<i8" if datatype == "INT64" else "<f4")
+        entry: dict[str, Any] = {"name": output.name, "datatype": datatype, "shape": list(array.shape)}
         if output.parameters.get("binary_data", default_binary):
             blob = array.tobytes()
             entry["parameters"] = {BINARY_SIZE: len(blob)}

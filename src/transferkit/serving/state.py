@@ -79,10 +79,11 @@ class ServerState:
         max_pixels = self.settings.max_image_pixels
         return await loop.run_in_executor(self._decoders, model.classifier.preprocess, payload, max_pixels)
 
-    async def infer(self, model: ServedModel, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, probabilities = await self.batcher.infer(model, images)
+    async def infer(self, model: ServedModel, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the model for ``images``, by name (``logits`` and ``probabilities`` always)."""
+        outputs = await self.batcher.infer(model, images)
         self.metrics.images.inc(len(images))
-        return logits, probabilities
+        return outputs
 
     async def reload(self, force: bool) -> ReloadOutcome:
         """Load the source's current model and swap it in; a rejected candidate leaves the old one serving."""

@@ -7,9 +7,8 @@ point's threshold, so a review band can only catch more positives, never miss mo
 positive classes the model's top-class confidence decides alone: at or above ``lower`` the
 predicted class is acted on, below it a person looks.
 
-The rule is chosen on the validation split (evaluation/operating_point.py), written into the
-exported graph as its ``decision`` output and into the model's metadata; this module is the
-numpy twin that evaluation and the export check compare the graph against.
+A rule given to the exporter becomes the graph's ``decision`` output and the model's
+``decision`` metadata; this module is the numpy twin the graph is tested against.
 """
 
 from __future__ import annotations
@@ -52,10 +51,6 @@ class DecisionRule:
         if not self.positive:
             return np.where(score >= self.lower, 0, 1).astype(np.int64)
         return np.where(score >= self.upper, 1, np.where(score < self.lower, 0, 2)).astype(np.int64)
-
-    def at_threshold(self, probabilities: np.ndarray) -> np.ndarray:
-        """The operating point without the review band: True where a cell is flagged (positive case)."""
-        return self.scores(probabilities.astype(np.float32)) >= self.threshold
 
     def as_metadata(self, class_names: list[str]) -> dict[str, Any]:
         return {

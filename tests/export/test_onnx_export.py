@@ -216,7 +216,7 @@ def test_heatmap_matches_pytorch_class_maps(exported, with_decision) -> None:
     model, _ = exported
     images = np.random.default_rng(4).integers(0, 256, (3, 3, 64, 64), dtype=np.uint8)
     with torch.no_grad():
-        logits, maps = model.logits_and_maps(torch.from_numpy(images))
+        logits, maps = model(torch.from_numpy(images)), model.class_maps(model.feature_map(torch.from_numpy(images)))
     np.testing.assert_allclose(maps.sum((2, 3)).numpy(), logits.numpy(), atol=1e-5)  # exact up to rounding
     fp32, fp16 = (_outputs(with_decision[name], images) for name in ("fp32", "fp16"))
     assert np.abs(fp32[HEATMAP_OUTPUT] - maps.numpy() / 1.5).max() < 1e-4

@@ -68,11 +68,6 @@ class ImageClassifier(nn.Module):
         positions = int(features.shape[-2]) * int(features.shape[-1])
         return maps / positions
 
-    def logits_and_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (pool, then linear: what ``forward`` computes) and class maps from one pass."""
-        features = self.feature_map(images)
-        return self.forward_top(features, self.num_units), self.class_maps(features)
-
 
 def build_classifier(architecture: str, weights: str, num_classes: int, dropout: float) -> ImageClassifier:
     return ImageClassifier(build_backbone(architecture, weights), num_classes, dropout)

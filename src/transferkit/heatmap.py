@@ -1,0 +1,52 @@
+"""Where the model saw a class: the graph's ``heatmap`` output turned into one map and an overlay.
+
+The exported maps are per class, in calibrated-logit units, and sum over positions to the
+logits. Softmax ignores a shift shared by every class, so the evidence *for* a class at a
+position is its map minus the mean of all classes' maps there; summed over positions that is
+the class's logit minus the mean logit, the part that moves its probability. For a set of
+positive classes (ELPV's defective grades) their evidence is summed. Numpy and Pillow only: the
+server and the CLI draw overlays without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+
+
+def evidence(heatmap: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """(h, w) evidence for ``classes`` from one image's (classes, h, w) maps."""
+    centred = heatmap - heatmap.mean(axis=0, keepdims=True)
+    return centred[list(classes)].sum(axis=0)
+
+
+def upsample(evidence_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``evidence_map`` resized bilinearly to ``size`` (width, height), as float32."""
+    image = Image.fromarray(evidence_map.astype(np.float32), mode="F")
+    return np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def peak(evidence_map: np.ndarray, size: tuple[int, int]) -> tuple[int, int]:
+    """(x, y) pixel of the strongest evidence once the map is upsampled to the image's ``size``."""
+    resized = upsample(evidence_map, size)
+    y, x = np.unravel_index(int(resized.argmax()), resized.shape)
+    return int(x), int(y)
+
+
+def overlay(image: Image.Image, evidence_map: np.ndarray, alpha: float = 0.6) -> Image.Image:
+    """``image`` with its positive evidence painted on top (inferno colours, opacity by strength).
+
+    Only evidence for the class is drawn: negative evidence and no evidence both leave the image
+    as it is, so a cell with nothing to show looks untouched rather than uniformly coloured.
+    """
+    rgb = image.convert("RGB")
+    resized = upsample(evidence_map, rgb.size)
+    scale = float(resized.max())
+    strength = np.clip(resized / scale, 0.0, 1.0) if scale > 0 else np.zeros_like(resized)
+    colours = colormaps["inferno"](strength)[..., :3]
+    weight = (alpha * strength)[..., None]
+    blended = (1 - weight) * (np.asarray(rgb, dtype=np.float32) / 255) + weight * colours
+    return Image.fromarray(np.round(blended * 255).astype(np.uint8))

@@ -46,6 +46,9 @@ SHRINK: dict[str, Any] = {
     "gate.min_accuracy": 0.0,
     "gate.min_macro_f1": 0.0,
     "gate.max_slice_gap": 1.0,
+    "gate.min_recall": 0.0,
+    "gate.max_false_alarm": 1.0,
+    "gate.max_review_fraction": 1.0,
 }
 
 

@@ -93,6 +93,9 @@ def test_unknown_architecture_lists_the_choices() -> None:
         ({"train": {"epochs": "many"}}, "train.epochs"),
         ({"data": {"image_size": 8}}, "data.image_size"),
         ({"gate": {"min_accuracy": 1.5}}, "gate.min_accuracy"),
+        ({"decision": {"target_recall": 1.0}}, "decision.target_recall"),
+        ({"decision": {"confidence": 0.3}}, "decision.confidence"),
+        ({"decision": {"review": {"target_accuracy": 0}}}, "decision.review.target_accuracy"),
     ],
 )
 def test_impossible_values_name_their_key(raw: dict, key: str) -> None:
@@ -102,6 +105,11 @@ def test_impossible_values_name_their_key(raw: dict, key: str) -> None:
 def test_split_fractions_must_sum_to_one() -> None:
     message = _error({"data": {"split": {"train": 0.7, "val": 0.2, "test": 0.25}}})
     assert "data.split" in message and "sum to 1" in message
+
+
+def test_decision_needs_exactly_one_target() -> None:
+    assert "exactly one of decision.target_recall" in _error({"decision": {"target_recall": None}})
+    assert "exactly one" in _error({"decision": {"target_false_alarm": 0.1}})
 
 
 def test_scratch_cannot_freeze_units() -> None:

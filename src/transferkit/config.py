@@ -135,10 +135,51 @@ class EvaluateParams(Section):
     calibration_bins: Annotated[int, Field(ge=2, le=100)] = 15
 
 
+class ReviewParams(Section):
+    """The review band around the operating point, chosen on the validation split.
+
+    With ``target_accuracy`` the band is the narrowest (most cells decided automatically) whose
+    automatic decisions reach that accuracy; with ``max_fraction`` too, it may send at most that
+    fraction to a person; with ``max_fraction`` alone it is the most accurate band within it.
+    Both null: no band, every cell is passed or flagged.
+    """
+
+    target_accuracy: Annotated[float, Field(gt=0, le=1)] | None = 0.98
+    max_fraction: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
+class DecisionParams(Section):
+    """The operating point: which classes a line must catch, at what recall or false-alarm rate."""
+
+    # auto: ELPV's every grade but "functional"; imagefolder: none (the review band alone decides)
+    positive: Literal["auto"] | list[str] = "auto"
+    target_recall: Fraction | None = 0.95
+    target_false_alarm: Fraction | None = None
+    # The threshold is the highest whose one-sided Clopper-Pearson bound at this confidence meets
+    # the target on validation: 0.5 is the median (about the point estimate), higher is safer
+    # and flags more.
+    confidence: Annotated[float, Field(ge=0.5, lt=1)] = 0.5
+    review: ReviewParams = ReviewParams()
+
+    @model_validator(mode="after")
+    def _one_target(self) -> DecisionParams:
+        if (self.target_recall is None) == (self.target_false_alarm is None):
+            raise ValueError(
+                "set exactly one of decision.target_recall and decision.target_false_alarm (the other to null), "
+                f"got {self.target_recall} and {self.target_false_alarm}"
+            )
+        return self
+
+
 class GateParams(Section):
     min_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.85
     min_macro_f1: Annotated[float, Field(ge=0, le=1)] = 0.78
     max_slice_gap: Annotated[float, Field(ge=0, le=1)] = 0.12
+    # On the test split at the operating point (decision.*); null turns a rule off. Recall and
+    # false alarms apply where there are positive classes, the review fraction everywhere.
+    min_recall: Annotated[float, Field(ge=0, le=1)] | None = 0.90
+    max_false_alarm: Annotated[float, Field(ge=0, le=1)] | None = 0.5
+    max_review_fraction: Annotated[float, Field(ge=0, le=1)] | None = 0.6
     baseline_metrics: str | None = None
     max_regression: Annotated[float, Field(ge=0, le=1)] = 0.01
 
@@ -163,6 +204,9 @@ class ExportParams(Section):
     # |reference logit| where that is more than fp16_parity_tolerance.
     fp16_relative_tolerance: PositiveFloat = 0.02
     max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] = 0.005
+    # The fraction of test images whose decision (pass / flag / review) differs from the one
+    # fp32 PyTorch's probabilities give, at every precision.
+    max_decision_flips: Annotated[float, Field(ge=0, le=1)] = 0.01
     int8: Int8Params = Int8Params()
 
 
@@ -277,6 +321,7 @@ class Params(Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    decision: DecisionParams = DecisionParams()
     gate: GateParams = GateParams()
     export: ExportParams = ExportParams()
     paths: PathParams = PathParams()

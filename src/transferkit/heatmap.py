@@ -36,16 +36,17 @@ def peak(evidence_map: np.ndarray, size: tuple[int, int]) -> tuple[int, int]:
     return int(x), int(y)
 
 
-def overlay(image: Image.Image, evidence_map: np.ndarray, alpha: float = 0.6) -> Image.Image:
-    """``image`` with its positive evidence painted on top (inferno colours, opacity by strength).
+def overlay(image: Image.Image, evidence_map: np.ndarray, alpha: float = 0.55) -> Image.Image:
+    """``image`` with ``evidence_map`` painted on top (inferno colours, opacity by strength).
 
-    Only evidence for the class is drawn: negative evidence and no evidence both leave the image
-    as it is, so a cell with nothing to show looks untouched rather than uniformly coloured.
+    Strength is relative within the image, from its weakest to its strongest evidence: the hot
+    spot is where the class was seen most, whatever the decision, which is what a person checking
+    a missed defect needs to see; the score says how strong that was.
     """
     rgb = image.convert("RGB")
     resized = upsample(evidence_map, rgb.size)
-    scale = float(resized.max())
-    strength = np.clip(resized / scale, 0.0, 1.0) if scale > 0 else np.zeros_like(resized)
+    spread = float(resized.max() - resized.min())
+    strength = (resized - resized.min()) / spread if spread > 0 else np.zeros_like(resized)
     colours = colormaps["inferno"](strength)[..., :3]
     weight = (alpha * strength)[..., None]
     blended = (1 - weight) * (np.asarray(rgb, dtype=np.float32) / 255) + weight * colours

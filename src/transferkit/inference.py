@@ -48,7 +48,15 @@ def run_batched(
     return concatenate((model(chunk) for chunk in batches_of(items, batch_size, desc)), axis)
 
 
+def onnx_outputs(
+    model_bytes: bytes, images: np.ndarray, names: Sequence[str], threads: int = 0, batch_size: int = 64
+) -> dict[str, np.ndarray]:
+    """The ``names`` outputs of an exported model on uint8 NCHW ``images`` (ONNX Runtime, CPU)."""
+    session = create_session(model_bytes, [CPU], threads)
+    parts = [session.run(list(names), {INPUT_NAME: chunk}) for chunk in batches_of(images, batch_size)]
+    return {name: np.concatenate([part[i] for part in parts]) for i, name in enumerate(names)}
+
+
 def onnx_logits(model_bytes: bytes, images: np.ndarray, threads: int = 0, batch_size: int = 64) -> np.ndarray:
     """The ``logits`` output of an exported model on uint8 NCHW ``images`` (ONNX Runtime, CPU)."""
-    session = create_session(model_bytes, [CPU], threads)
-    return run_batched(lambda chunk: session.run([OUTPUT_NAMES[0]], {INPUT_NAME: chunk})[0], images, batch_size)
+    return onnx_outputs(model_bytes, images, [OUTPUT_NAMES[0]], threads, batch_size)[OUTPUT_NAMES[0]]

@@ -1,5 +1,9 @@
 """Quality gate: absolute rules plus "no worse than the baseline (production) model".
 
+The rules cover the headline metrics and the operating point evaluate chose (recall, false
+alarms, review fraction on test), so a model that misses the point its line was promised stops
+here.
+
 Every rule is evaluated (not just the first failure) so the report lists all that broke.
 """
 
@@ -43,17 +47,46 @@ def load_baseline(path: str | None) -> dict[str, Any] | None:
     return read_json(path)
 
 
+# The operating point's test figures (metrics.json decision.test.<name>.value) the gate reads,
+# with the direction that is better; recall and false alarms exist only with positive classes.
+DECISION_RULES = {"recall": ">=", "false_alarm": "<=", "review": "<="}
+
+
+def decision_values(metrics: dict[str, Any]) -> dict[str, float]:
+    """The operating point's figures on test; empty for metrics written before it existed.
+    A figure with nothing to count (no positives on test) is NaN, which fails its rule."""
+    test = metrics.get("decision", {}).get("test", {})
+    return {
+        name: float("nan") if test[name]["value"] is None else test[name]["value"]
+        for name in DECISION_RULES
+        if name in test
+    }
+
+
 def check_gate(metrics: dict[str, Any], gate: GateParams, baseline: dict[str, Any] | None) -> list[RuleResult]:
     results = [
         _rule("min_accuracy", metrics["accuracy"], gate.min_accuracy, ">="),
         _rule("min_macro_f1", metrics["macro_f1"], gate.min_macro_f1, ">="),
         _rule("max_slice_gap", metrics["slice_gap"], gate.max_slice_gap, "<="),
     ]
+    decision = decision_values(metrics)
+    limits = {"recall": gate.min_recall, "false_alarm": gate.max_false_alarm, "review": gate.max_review_fraction}
+    for name, comparison in DECISION_RULES.items():
+        if name in decision and limits[name] is not None:
+            prefix = "min" if comparison == ">=" else "max"
+            suffix = "_fraction" if name == "review" else ""
+            results.append(_rule(f"{prefix}_{name}{suffix}", decision[name], limits[name], comparison))
     if baseline is not None:
         for metric in ("accuracy", "macro_f1"):
             results.append(
                 _rule(f"no_regression_{metric}", metrics[metric], baseline[metric] - gate.max_regression, ">=")
             )
+        # A production model evaluated before the operating point existed has nothing to compare.
+        for name, value in decision_values(baseline).items():
+            if name in decision:
+                comparison = DECISION_RULES[name]
+                allowed = value - gate.max_regression if comparison == ">=" else value + gate.max_regression
+                results.append(_rule(f"no_regression_{name}", decision[name], allowed, comparison))
     return results
 
 

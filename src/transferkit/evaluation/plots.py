@@ -1,4 +1,5 @@
-"""PNG figures (matplotlib, headless): confusion matrix, training curves, reliability diagram."""
+"""PNG figures (matplotlib, headless): confusion matrix, training curves, reliability diagram, the
+operating point's curves."""
 
 from __future__ import annotations
 
@@ -74,4 +75,35 @@ def reliability_figure(
     axis.grid(alpha=0.3)
     axis.legend(loc="upper left")
     axis.set_title("reliability on the test split")
+    return figure
+
+
+def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coverage and error rate when only the ``k`` most confident decisions are automatic, for every k."""
+    order = np.argsort(-confidence, kind="stable")
+    counts = np.arange(1, len(order) + 1)
+    return counts / len(order), 1 - np.cumsum(correct[order]) / counts
+
+
+def operating_point_figure(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    points: dict[str, tuple[float, float]],
+    axes_names: dict[str, tuple[str, str]],
+    title: str,
+) -> plt.Figure:
+    """One panel per curve (ROC, precision-recall, risk-coverage: (x, y) points), each with the
+    chosen operating point or band of ``points`` marked; ``axes_names`` names x and y."""
+    figure, axes = plt.subplots(1, len(curves), figsize=(4.4 * len(curves), 4.0), squeeze=False)
+    for axis, (name, (x, y)) in zip(axes[0], curves.items(), strict=True):
+        axis.plot(x, y, drawstyle="steps-post")
+        if name in points:
+            axis.plot(*points[name], marker="o", color="crimson", linestyle="", label="rule chosen on validation")
+            axis.legend(loc="best")
+        x_name, y_name = axes_names[name]
+        axis.set_xlabel(x_name.replace("_", " "))
+        axis.set_ylabel(y_name.replace("_", " "))
+        axis.set_xlim(0, 1.01)
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
     return figure

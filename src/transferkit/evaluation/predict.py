@@ -34,3 +34,13 @@ def reference_logits(
         return logits
     with compute.exact():
         return predict_logits(model, images, batch_size, compute.fp32)
+
+
+@torch.inference_mode()
+def predict_heatmaps(model: ImageClassifier, images: torch.Tensor, temperature: float, compute: Compute) -> np.ndarray:
+    """Class activation maps (N, classes, h, w) in calibrated-logit units, as the exported
+    ``heatmap`` output has them; fp32, for the handful of images a gallery shows."""
+    compute.place_model(model).eval()
+    with compute.exact():
+        maps = model.class_maps(model.feature_map(compute.to_device(images))) / temperature
+    return maps.float().cpu().numpy()

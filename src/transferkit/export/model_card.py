@@ -47,8 +47,75 @@ def _calibration(metadata: dict[str, Any], metrics: dict[str, Any], reliability_
     )
 
 
+def _per_1000(figure: dict[str, Any]) -> str:
+    """ "39 (95 % interval 17-75)" for a rate of 0.039 [0.017, 0.075]."""
+    if figure["value"] is None:
+        return "n/a (none in the test split)"
+    return f"{figure['value'] * 1000:.0f} (95 % interval {figure['low'] * 1000:.0f}-{figure['high'] * 1000:.0f})"
+
+
+def _percent(figure: dict[str, Any]) -> str:
+    if figure["value"] is None:
+        return "n/a"
+    return f"{figure['value']:.1%} ({figure['low']:.1%}-{figure['high']:.1%})"
+
+
+def _decision(metadata: dict[str, Any], metrics: dict[str, Any], gallery_png: str | None) -> str:
+    """The operating point in words, with its intervals: what a production line will see."""
+    decision = metrics.get("decision")
+    if decision is None:
+        return "No decision rule: act on `probabilities` (evaluated before the operating point existed)."
+    rule, test = decision["rule"], decision["test"]
+    lower, upper = rule["review_band"]
+    names = "/".join(rule["names"])
+    how = f"The `decision` output gives {names} per image, chosen on the validation split and measured on test. "
+    if rule["positive_classes"]:
+        positive = " or ".join(rule["positive_classes"])
+        others = [n for n in metadata["class_names"] if n not in rule["positive_classes"]]
+        negative = " or ".join(others)
+        words = (
+            f"{how}The score is the calibrated probability of {positive}. At the operating point alone "
+            f"(flag at score >= {rule['threshold']:.3f}), of 1,000 {positive} cells about "
+            f"{_per_1000({**test['recall'], **_complement(test['recall'])})} pass unflagged, and about "
+            f"{_per_1000(test['false_alarm'])} of 1,000 {negative} cells are flagged.\n"
+            f"With the review band (pass below {lower:.3f}, flag at or above {upper:.3f}, a person looks in between) "
+            f"{_percent(test['review'])} of cells go to review; the model decides the rest at "
+            f"{_percent(test['auto_accuracy'])} accuracy, and then about {_per_1000(test['missed'])} of 1,000 "
+            f"{positive} cells pass unflagged and {_per_1000(test['false_flags'])} of 1,000 {negative} cells are "
+            "flagged automatically."
+        )
+    else:
+        words = (
+            f"{how}The predicted class is acted on when its probability is at least {lower:.3f}: "
+            f"{_percent(test['review'])} of cells go to review, and the rest are decided at "
+            f"{_percent(test['auto_accuracy'])} accuracy."
+        )
+    target = decision["target"]
+    met = decision["threshold_met_on_val"] and decision["band_met_on_val"]
+    words += f"\nTargets (params `decision.*`): {', '.join(f'{k} {v}' for k, v in target.items() if v is not None)}" + (
+        "." if met else "; validation could not meet them, so the rule is the closest it could reach."
+    )
+    if gallery_png is not None:
+        words += (
+            "\n\nThe worst wrong automatic decisions on the test split, with where the model looked:"
+            f"\n\n![error gallery]({gallery_png})"
+        )
+    return words
+
+
+def _complement(figure: dict[str, Any]) -> dict[str, Any]:
+    """1 - a rate, its interval flipped: recall's interval as a miss rate's."""
+    if figure["value"] is None:
+        return {}
+    return {"value": 1 - figure["value"], "low": 1 - figure["high"], "high": 1 - figure["low"]}
+
+
 def render_model_card(
-    metadata: dict[str, Any], metrics: dict[str, Any], parity: dict[str, Any], reliability_png: str
+    metadata: dict[str, Any],
+    metrics: dict[str, Any],
+    parity: dict[str, Any],
+    reliability_png: str,
+    gallery_png: str | None = None,
 ) -> str:
     names = metadata["class_names"]
     per_class = "\n".join(
@@ -69,7 +136,9 @@ Input `images`: uint8 RGB, NCHW, {metadata["image_size"]}x{metadata["image_size"
 size; resize the image to that square with {metadata["resize"]} resampling (grayscale images are
 converted to RGB). Scaling and normalisation happen inside the graph.
 Outputs: `logits` and `probabilities` (softmax), shape (batch, {len(names)}), in the class order above;
-both temperature-scaled (see Calibration).
+both temperature-scaled (see Calibration). Optional outputs, present in this model:
+{", ".join(f"`{name}`" for name in metadata["outputs"][2:]) or "none"} (`decision`: see Decision;
+`heatmap`: class activation maps over the last feature map that sum to `logits`).
 Everything here is also in the model's `metadata_props` (keys `transferkit.*`).
 
 ## Training
@@ -96,6 +165,9 @@ Everything here is also in the model's `metadata_props` (keys `transferkit.*`).
 | slice | accuracy | macro-F1 | count |
 |---|---|---|---|
 {slices}
+
+## Decision
+{_decision(metadata, metrics, gallery_png)}
 
 ## Calibration
 {_calibration(metadata, metrics, reliability_png)}

@@ -279,3 +279,40 @@ def check_parity(
             "export.precision: fp32) or report a bug."
         )
     return report
+
+
+@dataclass(frozen=True)
+class DecisionReport:
+    """The graph's decisions against the rule applied to fp32 PyTorch's calibrated probabilities."""
+
+    flips: int
+    count: int
+    max_flip_fraction: float
+
+    @property
+    def flip_fraction(self) -> float:
+        return self.flips / self.count if self.count else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "flip_fraction": self.flip_fraction,
+            "passed": self.flip_fraction <= self.max_flip_fraction,
+        }
+
+
+def check_decisions(
+    onnx_decisions: np.ndarray, reference_probabilities: np.ndarray, rule: DecisionRule, max_fraction: float
+) -> DecisionReport:
+    """Lower precision moves scores a little; near a threshold that turns pass into flag. At most
+    ``max_fraction`` of the test images may decide differently from fp32 PyTorch."""
+    reference = rule.decide(reference_probabilities)
+    report = DecisionReport(int((onnx_decisions != reference).sum()), len(reference), max_fraction)
+    if report.flip_fraction > max_fraction:
+        raise ExportError(
+            f"the exported model decides {report.flips} of {report.count} test images differently from fp32 "
+            f"PyTorch ({report.flip_fraction:.2%}, more than export.max_decision_flips {max_fraction:.2%}): "
+            "its scores sit too close to the thresholds at this precision. The model was not written; "
+            "export at a higher precision (export.precision: fp32) or, deliberately, raise export.max_decision_flips."
+        )
+    return report

@@ -14,10 +14,12 @@ from transferkit.config import Params, load_params
 from transferkit.errors import TransferkitError
 from transferkit.reporting import console, report_error
 
-__all__ = ["RELIABILITY_PNG", "configure_threads", "console", "main", "run_stage"]
+__all__ = ["ERRORS_PNG", "RELIABILITY_PNG", "configure_threads", "console", "main", "run_stage"]
 
 # evaluate's reliability diagram (in paths.evaluate); export puts a copy next to the model card.
 RELIABILITY_PNG = "reliability.png"
+# evaluate's error gallery, likewise copied beside the model card.
+ERRORS_PNG = "errors.png"
 
 
 def configure_threads(threads: int) -> int:

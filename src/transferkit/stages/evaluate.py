@@ -1,10 +1,13 @@
-"""evaluate: the best checkpoint on the held-out test split.
+"""evaluate: the best checkpoint on the held-out test split, and the decision rule it ships with.
 
 Logits are divided by the temperature that train fitted on the validation split, as the exported
-model does. Writes metrics.json (committed, with the precision it was computed at and the
-calibration error before and after the temperature), per-sample predictions (the dvc confusion
-plot), confusion matrix and reliability diagram PNGs, and exact fp32 test logits that export
-checks the ONNX model against whatever precision evaluation ran at.
+model does. The operating point and review band (decision.*) are chosen on the validation split
+and measured on test (evaluation/operating_point.py). Writes metrics.json (committed, with the
+precision it was computed at, the calibration error before and after the temperature, and the
+rule with its figures and intervals), per-sample predictions with probabilities and decision
+(the dvc confusion plot), ROC / precision-recall / risk-coverage curves (CSV for dvc plots and
+one PNG), confusion matrix, reliability and error gallery PNGs, and exact fp32 test logits that
+export checks the ONNX model against whatever precision evaluation ran at.
 """
 
 from __future__ import annotations
@@ -14,16 +17,122 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 from transferkit.config import Params
 from transferkit.data.cache import PreparedData
+from transferkit.decision import DecisionRule
+from transferkit.evaluation.gallery import gallery_figure, worst_mistakes
 from transferkit.evaluation.metrics import classification_metrics, expected_calibration_error, softmax
-from transferkit.evaluation.plots import confusion_matrix_figure, reliability_figure, save_figure
-from transferkit.evaluation.predict import predict_logits, reference_logits
+from transferkit.evaluation.operating_point import choose_rule, operating_point_metrics, positive_classes
+from transferkit.evaluation.plots import (
+    confusion_matrix_figure,
+    operating_point_figure,
+    reliability_figure,
+    risk_coverage,
+    save_figure,
+)
+from transferkit.evaluation.predict import predict_heatmaps, predict_logits, reference_logits
 from transferkit.io import atomic_write, write_json
-from transferkit.stages.common import RELIABILITY_PNG, configure_threads, console, main
+from transferkit.models.classifier import ImageClassifier
+from transferkit.stages.common import ERRORS_PNG, RELIABILITY_PNG, configure_threads, console, main
 from transferkit.training.checkpoint import MODEL, checkpoint_temperature, load_checkpoint, model_from_checkpoint
 from transferkit.training.compute import Compute
+
+# Curves dvc plots draws (paths.evaluate/<name>.csv: x column, y column); the PNG has them all.
+CURVES = {
+    "roc": ("false_alarm", "recall"),
+    "precision_recall": ("recall", "precision"),
+    "risk_coverage": ("coverage", "risk"),
+}
+OPERATING_POINT_PNG = "operating_point.png"
+
+
+def _write_csv(path: Path, header: list[str], rows: Any) -> None:
+    with atomic_write(path, "w") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_predictions(
+    path: Path, prepared: PreparedData, test_idx: np.ndarray, probabilities: np.ndarray, rule: DecisionRule
+) -> None:
+    """One row per test image: file, slice, true and predicted class, every probability, decision."""
+    names, labels = prepared.class_names, prepared.labels(test_idx)
+    decisions = rule.decide(probabilities)
+    rows = (
+        [file, group, names[actual], names[row.argmax()], *(f"{p:.6f}" for p in row), rule.names[decision]]
+        for file, group, actual, row, decision in zip(
+            prepared.files(test_idx), prepared.groups(test_idx), labels, probabilities, decisions, strict=True
+        )
+    )
+    _write_csv(path, ["file", "group", "actual", "predicted", *(f"p_{n}" for n in names), "decision"], rows)
+
+
+def write_curves(
+    out: Path, rule: DecisionRule, probabilities: np.ndarray, labels: np.ndarray, test: dict[str, Any]
+) -> None:
+    """ROC and precision-recall of the positive score (with positive classes) and risk-coverage
+    of the decision, as CSVs and one PNG with the chosen point marked on each."""
+    scores = rule.scores(probabilities).astype(np.float64)
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    points: dict[str, tuple[float, float]] = {}
+    if rule.positive:
+        is_positive = np.isin(labels, rule.positive)
+        false_alarm, recall, _ = roc_curve(is_positive, scores)
+        precision, recall_pr, _ = precision_recall_curve(is_positive, scores)
+        curves["roc"] = false_alarm, recall
+        curves["precision_recall"] = recall_pr[::-1], precision[::-1]
+        flagged = test["flagged"]["count"]
+        points["roc"] = test["false_alarm"]["value"], test["recall"]["value"]
+        points["precision_recall"] = test["recall"]["value"], test["recall"]["count"] / max(flagged, 1)
+        # How far a cell is from the threshold in log-odds: the cells a widening band reviews first.
+        logit = np.log(np.clip(scores, 1e-7, 1 - 1e-7) / np.clip(1 - scores, 1e-7, 1))
+        threshold = np.clip(rule.threshold, 1e-7, 1 - 1e-7)
+        confidence = np.abs(logit - np.log(threshold / (1 - threshold)))
+        correct = (scores >= rule.threshold) == is_positive
+    else:
+        confidence, correct = scores, probabilities.argmax(1) == labels
+    curves["risk_coverage"] = risk_coverage(confidence, correct)
+    auto = test["auto_accuracy"]["value"]
+    points["risk_coverage"] = 1 - test["review"]["value"], (1 - auto) if auto is not None else 0.0
+    for name, (x_name, y_name) in CURVES.items():
+        if name in curves:
+            x, y = curves[name]
+            _write_csv(
+                out / f"{name}.csv", [x_name, y_name], ((f"{a:.6f}", f"{b:.6f}") for a, b in zip(x, y, strict=True))
+            )
+    title = f"test split, threshold {rule.threshold:.3f}, review band [{rule.lower:.3f}, {rule.upper:.3f})"
+    save_figure(operating_point_figure(curves, points, CURVES, title), out / OPERATING_POINT_PNG)
+
+
+def write_gallery(
+    path: Path,
+    model: ImageClassifier,
+    prepared: PreparedData,
+    test_idx: np.ndarray,
+    probabilities: np.ndarray,
+    rule: DecisionRule,
+    temperature: float,
+    compute: Compute,
+) -> None:
+    labels, names = prepared.labels(test_idx), prepared.class_names
+    worst = worst_mistakes(rule, probabilities, labels)
+    images = prepared.images_chw(test_idx[worst])
+    heatmaps = predict_heatmaps(model, images, temperature, compute) if len(worst) else np.zeros((0,))
+    files, scores, decisions = (
+        prepared.files(test_idx[worst]),
+        rule.scores(probabilities[worst]),
+        rule.decide(probabilities[worst]),
+    )
+    titles = [
+        f"{Path(file).name}\n{names[labels[i]]}: score {score:.3f} -> {rule.names[decision]}"
+        for file, i, score, decision in zip(files, worst, scores, decisions, strict=True)
+    ]
+    explained = [rule.positive or (int(probabilities[i].argmax()),) for i in worst]
+    heading = f"worst wrong automatic decisions on the test split ({len(worst)} shown)"
+    save_figure(gallery_figure(images.numpy(), heatmaps, titles, explained, heading), path)
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -32,7 +141,7 @@ def run(params: Params) -> dict[str, Any]:
     prepared = PreparedData.load(params.paths.prepared)
     payload = load_checkpoint(Path(params.paths.train) / MODEL)
     model = model_from_checkpoint(payload)
-    test_idx = prepared.indices("test")
+    test_idx, val_idx = prepared.indices("test"), prepared.indices("val")
     labels = prepared.labels(test_idx)
     images = prepared.images_chw(test_idx)
     raw = predict_logits(model, images, params.evaluate.batch_size, compute)
@@ -40,30 +149,35 @@ def run(params: Params) -> dict[str, Any]:
     logits = raw / temperature
     groups = prepared.groups(test_idx)
     bins = params.evaluate.calibration_bins
-    metrics = classification_metrics(logits, labels, groups, prepared.class_names, bins)
+    names = prepared.class_names
+    metrics = classification_metrics(logits, labels, groups, names, bins)
     metrics.update(
         ece_uncalibrated=expected_calibration_error(softmax(raw), labels, bins),
         temperature=temperature,
         augment_preset=payload["meta"]["augment_preset"],
         **compute.describe(),
     )
+    val_images = prepared.images_chw(val_idx)
+    val = (
+        softmax(predict_logits(model, val_images, params.evaluate.batch_size, compute) / temperature),
+        prepared.labels(val_idx),
+    )
+    positive = positive_classes(params.decision.positive, params.data.source, names)
+    choice = choose_rule(*val, positive, params.decision)
+    probabilities = softmax(logits)
+    metrics["decision"] = operating_point_metrics(choice, names, params.decision, val, (probabilities, labels, groups))
     reference = reference_logits(model, images, params.evaluate.batch_size, compute, raw) / temperature
 
     out = Path(params.paths.evaluate)
     write_json(out / "metrics.json", metrics)
     with atomic_write(params.paths.test_logits) as handle:
         np.save(handle, reference.astype(np.float32))
-    names = prepared.class_names
-    with atomic_write(out / "predictions.csv", "w") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["file", "group", "actual", "predicted"])
-        for file, group, actual, predicted in zip(
-            prepared.files(test_idx), groups, labels, logits.argmax(1), strict=True
-        ):
-            writer.writerow([file, group, names[actual], names[predicted]])
+    write_predictions(out / "predictions.csv", prepared, test_idx, probabilities, choice.rule)
+    write_curves(out, choice.rule, probabilities, labels, metrics["decision"]["test"])
+    write_gallery(out / ERRORS_PNG, model, prepared, test_idx, probabilities, choice.rule, temperature, compute)
     title = f"test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
     save_figure(confusion_matrix_figure(metrics["confusion_matrix"], names, title), out / "confusion_matrix.png")
-    reliability = {"raw": softmax(raw), f"temperature {temperature:.2f}": softmax(logits)}
+    reliability = {"raw": softmax(raw), f"temperature {temperature:.2f}": probabilities}
     eces = dict(zip(reliability, (metrics["ece_uncalibrated"], metrics["ece"]), strict=True))
     save_figure(reliability_figure(reliability, labels, bins, eces), out / RELIABILITY_PNG)
     console.print(
@@ -73,7 +187,23 @@ def run(params: Params) -> dict[str, Any]:
         f"slice gap {metrics['slice_gap']:.4f} on {metrics['count']} images",
         highlight=False,
     )
+    console.print(describe_decision(metrics["decision"]), highlight=False)
     return metrics
+
+
+def describe_decision(decision: dict[str, Any]) -> str:
+    """One line on what the chosen rule does on test."""
+    test, rule = decision["test"], decision["rule"]
+    lower, upper = rule["review_band"]
+    parts = [f"decision: threshold {rule['threshold']:.3f}, review band [{lower:.3f}, {upper:.3f})"]
+    if "recall" in test:
+        parts.append(f"test recall {test['recall']['value']:.3f}, false alarms {test['false_alarm']['value']:.3f}")
+    parts.append(f"review {test['review']['value']:.3f}")
+    if test["auto_accuracy"]["value"] is not None:
+        parts.append(f"accuracy on the rest {test['auto_accuracy']['value']:.3f}")
+    if not (decision["threshold_met_on_val"] and decision["band_met_on_val"]):
+        parts.append("[yellow]validation could not meet decision.* targets (metrics.json: *_met_on_val)[/]")
+    return ", ".join(parts)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ PyTorch logits that evaluate saved (whatever precision evaluation ran at) within
 are model.onnx and its model card renamed into place, so a failed check leaves the previous
 export untouched. fp16 models run on the CPU provider too, which is how CI verifies them. An
 int8 model (static quantization calibrated on training images) is held to
-``export.max_accuracy_drop`` of test accuracy instead of a logit tolerance.
+``export.max_accuracy_drop`` of test accuracy instead of a logit tolerance. The decision rule
+evaluate chose travels in the graph (``decision`` output and metadata); at every precision at
+most ``export.max_decision_flips`` of the test images may decide differently from the rule on
+fp32 PyTorch's probabilities.
 """
 
 from __future__ import annotations
@@ -16,22 +19,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+from scipy.special import softmax
 
 from transferkit.config import Params
-from transferkit.contract import model_metadata
+from transferkit.contract import DECISION_OUTPUT, OUTPUT_NAMES, model_metadata, read_metadata
 from transferkit.data.cache import PreparedData
+from transferkit.decision import DecisionRule
 from transferkit.export.model_card import render_model_card
 from transferkit.export.onnx_export import (
+    DecisionReport,
     ParityReport,
     QuantizedReport,
     check_accuracy_drop,
+    check_decisions,
     check_parity,
     export_onnx,
 )
 from transferkit.export.quantize import quantize_int8
-from transferkit.inference import onnx_logits
+from transferkit.inference import onnx_outputs
 from transferkit.io import atomic_write, read_json, write_json, write_text
-from transferkit.stages.common import RELIABILITY_PNG, configure_threads, console, main
+from transferkit.stages.common import ERRORS_PNG, RELIABILITY_PNG, configure_threads, console, main
 from transferkit.training.checkpoint import MODEL, checkpoint_temperature, load_checkpoint, model_from_checkpoint
 
 
@@ -48,6 +56,7 @@ def build_model(
     prepared: PreparedData,
     metadata: dict[str, Any],
     calibration: np.ndarray | None,
+    rule: DecisionRule | None,
 ) -> bytes:
     """The ONNX model at ``export.precision``: traced fp32 (or fp16), or fp32 quantized to int8
     on the ``calibration`` indices."""
@@ -59,24 +68,38 @@ def build_model(
         metadata,
         traced,
         checkpoint_temperature(payload),
+        rule,
     )
     if calibration is not None:
         model = quantize_int8(model, prepared.images_chw(calibration).numpy(), params.export.int8)
     return model
 
 
-def verify(params: Params, model_bytes: bytes, prepared: PreparedData, threads: int) -> ParityReport | QuantizedReport:
-    """Every test image through ONNX Runtime against the fp32 PyTorch logits evaluate saved."""
+def verify(
+    params: Params, model_bytes: bytes, prepared: PreparedData, threads: int, rule: DecisionRule | None
+) -> tuple[ParityReport | QuantizedReport, DecisionReport | None]:
+    """Every test image through ONNX Runtime against the fp32 PyTorch logits evaluate saved:
+    the logits (or, for int8, the accuracy), then the decisions."""
     test_idx = prepared.indices("test")
-    logits = onnx_logits(model_bytes, prepared.images_chw(test_idx).numpy(), threads)
+    names = [OUTPUT_NAMES[0]] + ([DECISION_OUTPUT] if rule is not None else [])
+    outputs = onnx_outputs(model_bytes, prepared.images_chw(test_idx).numpy(), names, threads)
+    logits = outputs[OUTPUT_NAMES[0]]
     reference, labels = np.load(params.paths.test_logits), prepared.labels(test_idx)
     export = params.export
     if export.precision == "int8":
-        return check_accuracy_drop(logits, reference, labels, export.max_accuracy_drop)
-    tolerance = export.parity_tolerance
-    if export.precision == "fp16":
-        tolerance = max(export.fp16_parity_tolerance, export.fp16_relative_tolerance * float(np.abs(reference).max()))
-    return check_parity(logits, reference, labels, tolerance)
+        check: ParityReport | QuantizedReport = check_accuracy_drop(logits, reference, labels, export.max_accuracy_drop)
+    else:
+        tolerance = export.parity_tolerance
+        if export.precision == "fp16":
+            largest = float(np.abs(reference).max())
+            tolerance = max(export.fp16_parity_tolerance, export.fp16_relative_tolerance * largest)
+        check = check_parity(logits, reference, labels, tolerance)
+    if rule is None:
+        return check, None
+    flips = check_decisions(
+        outputs[DECISION_OUTPUT], softmax(reference.astype(np.float64), axis=1), rule, export.max_decision_flips
+    )
+    return check, flips
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -96,17 +119,27 @@ def run(params: Params) -> dict[str, Any]:
         }
     )
     metadata = model_metadata(payload["meta"], metrics, precision, quantization)
-    model_bytes = build_model(params, payload, prepared, metadata, calibration)
-    check = verify(params, model_bytes, prepared, threads)
+    # Metrics written before the operating point existed have no rule: the model gets no decision.
+    rule = (
+        DecisionRule.from_metadata(metrics["decision"]["rule"], prepared.class_names) if "decision" in metrics else None
+    )
+    model_bytes = build_model(params, payload, prepared, metadata, calibration, rule)
+    check, decisions = verify(params, model_bytes, prepared, threads, rule)
 
     out = Path(params.paths.export)
     with atomic_write(out / "model.onnx") as handle:
         handle.write(model_bytes)
-    write_text(out / "model_card.md", render_model_card(metadata, metrics, check.as_dict(), RELIABILITY_PNG))
-    with atomic_write(out / RELIABILITY_PNG) as handle:
-        handle.write((Path(params.paths.evaluate) / RELIABILITY_PNG).read_bytes())
+    gallery = ERRORS_PNG if (Path(params.paths.evaluate) / ERRORS_PNG).is_file() else None
+    written = read_metadata(onnx.load_from_string(model_bytes))  # with what the exporter added about the graph
+    card = render_model_card(written, metrics, check.as_dict(), RELIABILITY_PNG, gallery)
+    write_text(out / "model_card.md", card)
+    for figure in (RELIABILITY_PNG, gallery):
+        if figure is not None:
+            with atomic_write(out / figure) as handle:
+                handle.write((Path(params.paths.evaluate) / figure).read_bytes())
     report = {
         "parity": check.as_dict(),
+        **({"decision": decisions.as_dict()} if decisions is not None else {}),
         "precision": precision,
         "size_bytes": len(model_bytes),
         "model": str(out / "model.onnx"),
@@ -119,7 +152,8 @@ def run(params: Params) -> dict[str, Any]:
             if isinstance(check, QuantizedReport)
             else f"max |diff| vs PyTorch {check.max_abs_diff:.2e}"
         )
-        + f", argmax agreement {check.argmax_agreement:.4f}",
+        + f", argmax agreement {check.argmax_agreement:.4f}"
+        + (f", {decisions.flips} of {decisions.count} decisions differ" if decisions is not None else ""),
         highlight=False,
     )
     return report

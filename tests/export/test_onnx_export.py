@@ -237,3 +237,52 @@ def test_new_outputs_use_only_standard_onnx_operators(with_decision) -> None:
     for precision in ("fp32", "fp16"):
         proto = onnx.load_from_string(with_decision[precision])
         assert {node.domain for node in proto.graph.node} <= {"", "ai.onnx"}
+
+
+def test_check_decisions_names_the_flips_and_refuses_too_many() -> None:
+    from transferkit.export.onnx_export import check_decisions
+
+    rule = DecisionRule((1,), 0.3, 0.7, 0.5)
+    probabilities = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.6, 0.4]])
+    reference = rule.decide(probabilities)  # pass, review, flag, review
+    assert check_decisions(reference, probabilities, rule, 0.0).as_dict()["passed"]
+    flipped = reference.copy()
+    flipped[1] = 1
+    assert check_decisions(flipped, probabilities, rule, 0.25).flips == 1
+    with pytest.raises(ExportError, match="decides 1 of 4 test images differently"):
+        check_decisions(flipped, probabilities, rule, 0.2)
+
+
+@pytest.mark.slow
+def test_full_size_fp16_export_decides_like_fp32_pytorch(lite0, elpv_subset: Path) -> None:
+    """The default architecture at the default 300 px, in fp16, on real cells: the logits within
+    the stage's fp16 tolerance and the decisions within export.max_decision_flips of fp32
+    PyTorch's (the shrunk 64 px config can't show this: fp16's error grows with the activations
+    of a full-size input). The head is a logistic regression on the pooled ImageNet features, so
+    the scores spread like a trained model's rather than a random head's."""
+    from scipy.special import softmax
+    from sklearn.linear_model import LogisticRegression
+
+    from transferkit.config import ExportParams
+    from transferkit.export.onnx_export import check_decisions
+    from transferkit.preprocessing import load_for_model
+
+    rows = [line.split() for line in (elpv_subset / "labels.csv").read_text().splitlines()]
+    images = np.stack([load_for_model(elpv_subset / file, 300, "bilinear") for file, _, _ in rows])
+    labels = np.array([float(probability) > 0.5 for _, probability, _ in rows], dtype=np.int64)
+    with torch.inference_mode():
+        pooled = lite0.feature_map(torch.from_numpy(images)).mean((2, 3)).numpy()
+        head = LogisticRegression(C=0.1, max_iter=2000).fit(pooled, labels)
+        linear = lite0.head[-1]
+        linear.weight.copy_(torch.tensor(np.concatenate([-head.coef_, head.coef_]) / 2))
+        linear.bias.copy_(torch.tensor(np.concatenate([-head.intercept_, head.intercept_]) / 2))
+        reference = linear(torch.from_numpy(pooled)).double().numpy()  # the head on the pooled features
+    probabilities = softmax(reference, axis=1)
+    rule = DecisionRule((1,), 0.2, 0.8, 0.35)
+    assert 0.1 < (rule.decide(probabilities) == 2).mean() < 0.9  # the band holds cells: there are thresholds to cross
+    outputs = _outputs(export_onnx(lite0, 300, 17, {**META, "image_size": 300}, "fp16", 1.0, rule), images)
+    params = ExportParams()
+    tolerance = max(params.fp16_parity_tolerance, params.fp16_relative_tolerance * np.abs(reference).max())
+    assert np.abs(outputs[OUTPUT_NAMES[0]] - reference).max() <= tolerance
+    report = check_decisions(outputs[DECISION_OUTPUT], probabilities, rule, params.max_decision_flips)
+    assert report.count == len(rows)

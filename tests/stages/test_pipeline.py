@@ -51,6 +51,33 @@ def test_every_stage_runs_and_writes_its_outputs(reproduced) -> None:
     assert "dvc.lock" in {p.name for p in root.iterdir()}
 
 
+def test_evaluate_chooses_and_measures_the_operating_point(reproduced) -> None:
+    root, log = reproduced
+    decision = json.loads((root / "reports/evaluate/metrics.json").read_text())["decision"]
+    assert decision["chosen_on"] == "val" and decision["rule"]["positive_classes"] == ["defective"]
+    lower, upper = decision["rule"]["review_band"]
+    assert lower <= decision["rule"]["threshold"] <= upper
+    test = decision["test"]
+    assert test["recall"]["of"] + test["false_alarm"]["of"] == 40
+    assert test["recall"]["low"] <= test["recall"]["value"] <= test["recall"]["high"]
+    assert set(decision["slices"]) == {"mono", "poly"}
+    assert "decision: threshold" in log
+    with (root / "reports/evaluate/predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {"p_functional", "p_defective", "decision"} <= set(rows[0])
+    decisions = [row["decision"] for row in rows]
+    assert decisions.count("review") == test["review"]["count"] and set(decisions) <= {"pass", "flag", "review"}
+    for name in ("roc", "precision_recall", "risk_coverage"):
+        assert len((root / f"reports/evaluate/{name}.csv").read_text().splitlines()) > 2
+    for png in ("operating_point.png", "errors.png"):
+        assert (root / "reports/evaluate" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    gate = {rule["rule"] for rule in json.loads((root / "reports/gate.json").read_text())["rules"]}
+    assert {"min_recall", "max_false_alarm", "max_review_fraction"} <= gate
+    card = (root / "models/export/model_card.md").read_text()
+    assert "## Decision" in card and "of 1,000 defective cells about" in card and "![error gallery](errors.png)" in card
+    assert (root / "models/export/errors.png").is_file()
+
+
 def test_exported_model_is_verified_and_self_describing(reproduced) -> None:
     root, _ = reproduced
     parity = json.loads((root / "reports/export.json").read_text())["parity"]
@@ -64,6 +91,11 @@ def test_exported_model_is_verified_and_self_describing(reproduced) -> None:
     assert metadata["augment_preset"] == "orientation_free"
     assert metadata["calibration"]["temperature"] == metrics["temperature"]
     assert metadata["calibration"]["outputs"] == "temperature-scaled"
+    # The rule evaluate chose is in the graph, and decides every test image as fp32 PyTorch does.
+    assert metadata["decision"]["threshold"] == metrics["decision"]["rule"]["threshold"]
+    assert metadata["outputs"] == ["logits", "probabilities", "decision", "heatmap"]
+    report = json.loads((root / "reports/export.json").read_text())["decision"]
+    assert report["passed"] and report["flips"] == 0 and report["count"] == 40
 
 
 def test_second_repro_is_a_no_op(reproduced) -> None:
@@ -101,11 +133,11 @@ def test_predict_on_a_folder_agrees_with_evaluation(reproduced) -> None:
 def test_failing_gate_stops_export_and_keeps_the_previous_model(reproduced) -> None:
     root, _ = reproduced
     model_before = (root / "models/export/model.onnx").read_bytes()
-    set_params(root, gate__min_accuracy=0.999, gate__min_macro_f1=0.999)
+    set_params(root, gate__min_accuracy=0.999, gate__min_macro_f1=0.999, gate__min_recall=0.999)
     result = run_tool(["dvc", "repro"], root, check=False)
     log = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "min_accuracy" in log and "min_macro_f1" in log and "FAILED" in log
+    assert "min_accuracy" in log and "min_macro_f1" in log and "min_recall" in log and "FAILED" in log
     assert "Running stage 'export'" not in log
     assert (root / "models/export/model.onnx").read_bytes() == model_before
     gate = json.loads((root / "reports/gate.json").read_text())

@@ -5,7 +5,10 @@ metadata; transferkit itself is not imported. Copy this file into any app as a s
 
     python examples/downstream_app.py models/export/model.onnx data/raw/elpv/images/cell0001.png ...
 
-Prints one CSV line per image: file, label, then one probability per class.
+Prints one CSV line per image: file, label, then one probability per class, and ``decision``
+(pass / flag / review) when the model has that output: a line acts on the decision, which
+carries the thresholds chosen at export. A model exported without a rule has no decision; act on
+``label`` (the most probable class) or on a probability then, with a threshold of your own.
 """
 
 from __future__ import annotations
@@ -56,12 +59,18 @@ def main(model_path: str, image_paths: list[str]) -> None:
     session = ort.InferenceSession(model_path, providers=providers)
     contract = read_contract(session)
     classes, size, resize = contract["class_names"], contract["image_size"], contract["resize"]
+    # Optional outputs: ask only for what this model has (an older export lacks the decision).
+    has_decision = "decision" in [output.name for output in session.get_outputs()]
+    wanted = ["probabilities", "decision"] if has_decision else ["probabilities"]
     images = np.stack([load_image(path, size, resize) for path in image_paths])
-    (probabilities,) = session.run(["probabilities"], {contract["input"]["name"]: images})
+    outputs = dict(zip(wanted, session.run(wanted, {contract["input"]["name"]: images}), strict=True))
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(["file", "label", *(f"p_{name}" for name in classes)])
-    for path, row in zip(image_paths, probabilities, strict=True):
-        writer.writerow([path, classes[int(row.argmax())], *(f"{p:.6f}" for p in row)])
+    writer.writerow(["file", "label", *(f"p_{name}" for name in classes), *(["decision"] if has_decision else [])])
+    for i, path in enumerate(image_paths):
+        row = outputs["probabilities"][i]
+        # The decision output holds codes into the names in the model's ``decision`` metadata.
+        decision = [contract["decision"]["names"][int(outputs["decision"][i])]] if has_decision else []
+        writer.writerow([path, classes[int(row.argmax())], *(f"{p:.6f}" for p in row), *decision])
 
 
 if __name__ == "__main__":

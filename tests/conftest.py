@@ -22,7 +22,7 @@ os.environ.update(
 
 import pytest
 
-from tests.helpers import ADMIN_TOKEN, IMAGE_SIZE, SUBSET_SIZE, export_model, tool_env
+from tests.helpers import ADMIN_TOKEN, IMAGE_SIZE, RULE, SUBSET_SIZE, as_older_export, export_model, tool_env
 from transferkit.data.elpv import materialize_elpv
 
 if TYPE_CHECKING:
@@ -83,6 +83,18 @@ def model_a(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_model(tmp_path_factory.mktemp("models") / "b" / "model.onnx", head_seed=1)
+
+
+@pytest.fixture(scope="session")
+def model_rule(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """model_a's network exported with ``RULE``: a ``decision`` output beside the heatmap."""
+    return export_model(tmp_path_factory.mktemp("models") / "rule" / "model.onnx", head_seed=0, rule=RULE)
+
+
+@pytest.fixture(scope="session")
+def model_old(model_a: Path) -> Path:
+    """model_a as exported before the optional outputs: neither decision nor heatmap."""
+    return as_older_export(model_a, model_a.with_name("model-old.onnx"))
 
 
 @pytest.fixture(scope="session")

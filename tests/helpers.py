@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import atexit
 import io
+import json
 import shutil
 import subprocess
 import tempfile
@@ -24,7 +25,8 @@ from sklearn.metrics import f1_score
 
 from transferkit import orchestration
 from transferkit.config import Params, parse_params, set_dotted
-from transferkit.contract import HEADLINE_METRICS, model_metadata
+from transferkit.contract import HEADLINE_METRICS, HEATMAP_OUTPUT, METADATA_PREFIX, OUTPUT_NAMES, model_metadata
+from transferkit.decision import DecisionRule
 from transferkit.export.onnx_export import export_onnx
 from transferkit.models.classifier import build_classifier
 from transferkit.study.store import cell_key, encode_labels, identity
@@ -223,10 +225,13 @@ def study_params(tmp_path: Path, elpv_subset: Path, **study: object) -> Path:
 IMAGE_SIZE = 64
 CLASSES = ["functional", "defective"]
 ADMIN_TOKEN = "test-admin-token"
+# A decision rule on "defective" with a review band, as the export stage derives one on validation.
+RULE = DecisionRule(positive=(1,), lower=0.2, upper=0.6, threshold=0.4)
 
 
-def export_model(path: Path, head_seed: int) -> Path:
-    """Export Lite0 with ImageNet weights and a head seeded by ``head_seed``, with full transferkit metadata."""
+def export_model(path: Path, head_seed: int, rule: DecisionRule | None = None) -> Path:
+    """Export Lite0 with ImageNet weights and a head seeded by ``head_seed``, with full transferkit
+    metadata (and a ``decision`` output when ``rule`` is given)."""
     torch.manual_seed(head_seed)
     model = build_classifier("efficientnet_lite0", "imagenet", num_classes=len(CLASSES), dropout=0.2).eval()
     meta = {
@@ -244,5 +249,24 @@ def export_model(path: Path, head_seed: int) -> Path:
     }
     metrics = dict.fromkeys(HEADLINE_METRICS, 0.5)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(export_onnx(model, IMAGE_SIZE, 17, model_metadata(meta, metrics, "fp32")))
+    path.write_bytes(export_onnx(model, IMAGE_SIZE, 17, model_metadata(meta, metrics, "fp32"), rule=rule))
     return path
+
+
+def as_older_export(source: Path, dest: Path) -> Path:
+    """``source`` as an export from before the optional outputs: only ``logits`` and ``probabilities``
+    in the graph and in the metadata, no ``heatmap`` key (the graph's unused nodes may stay)."""
+    import onnx
+
+    proto = onnx.load(str(source))
+    kept = [output for output in proto.graph.output if output.name in OUTPUT_NAMES]
+    del proto.graph.output[:]
+    proto.graph.output.extend(kept)
+    props = {entry.key: entry.value for entry in proto.metadata_props if entry.key != METADATA_PREFIX + HEATMAP_OUTPUT}
+    props[METADATA_PREFIX + "outputs"] = json.dumps(list(OUTPUT_NAMES))
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(dest))
+    return dest

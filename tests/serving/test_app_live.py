@@ -1,4 +1,5 @@
-"""A real `transferkit serve` on 127.0.0.1: Triton's client, `predict --url`, graceful shutdown, the CLI's errors."""
+"""A real `transferkit serve` on 127.0.0.1: Triton's client, `predict --url`, `explain`, graceful shutdown, the
+CLI's errors."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 import yaml
+from PIL import Image
 
-from tests.helpers import CLASSES, IMAGE_SIZE, REPO, run_tool, tool_env
+from tests.helpers import CLASSES, IMAGE_SIZE, REPO, RULE, run_tool, tool_env
 from transferkit.errors import TransferkitError
 from transferkit.onnx_runtime import cuda_driver_present
 from transferkit.preprocessing import load_for_model
@@ -69,6 +71,11 @@ def predict_csv(args: list[str]) -> list[dict[str, str]]:
 
 def probabilities_of(rows: list[dict[str, str]]) -> np.ndarray:
     return np.array([[float(row[f"p_{name}"]) for name in CLASSES] for row in rows])
+
+
+def decisions_of(rows: list[dict[str, str]]) -> list[str]:
+    """What the rule decides on the rows' own (6-decimal) probabilities."""
+    return [RULE.names[code] for code in RULE.decide(probabilities_of(rows))]
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary-tensors", "json-tensors"])
@@ -135,11 +142,55 @@ def test_serve_refuses_to_start_on_a_bad_model_or_device(tmp_path: Path, model_a
         assert result.returncode == 2 and "no CUDA provider" in result.stderr
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_predict_writes_the_decision_column_locally_and_through_a_server(
+    model_rule: Path, model_a: Path, cells: list[Path]
+) -> None:
+    """A model with a rule adds `decision` just before `error`, the same from the file and from a
+    server; a model without one keeps the old columns exactly."""
+    files = list(map(str, cells))
+    local = predict_csv([str(model_rule), *files])
+    server, url = start_server(model_rule)
+    try:
+        remote = predict_csv(["--url", url, "--batch-size", "3", *files])
+    finally:
+        stop(server)
+    for rows in (local, remote):
+        assert list(rows[0]) == ["file", "label", *(f"p_{name}" for name in CLASSES), "decision", "error"]
+        assert [row["decision"] for row in rows] == decisions_of(rows)
+    assert [row["decision"] for row in remote] == [row["decision"] for row in local]
+    assert list(predict_csv([str(model_a), files[0]])[0]) == ["file", "label", *(f"p_{n}" for n in CLASSES), "error"]
+
+
+def test_explain_writes_one_overlay_per_readable_image(
+    tmp_path: Path, model_rule: Path, model_old: Path, cells: list[Path]
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for cell in cells[:3]:
+        (images / cell.name).write_bytes(cell.read_bytes())
+    (images / "broken.png").write_bytes(cells[0].read_bytes()[:100])
+    out = tmp_path / "overlays"
+    result = run_tool(
+        [*TRANSFERKIT, "explain", str(images), "--out", str(out), "--model", str(model_rule)], REPO, False
+    )
+    assert result.returncode == 1, result.stderr  # one image skipped, the others drawn
+    assert "skipped" in result.stderr and "broken.png" in result.stderr and "3 overlay(s)" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(cell.name for cell in cells[:3])  # no temp files left
+    for cell in cells[:3]:
+        with Image.open(out / cell.name) as overlay, Image.open(cell) as original:
+            assert overlay.format == "PNG" and overlay.size == original.size
+    refused = run_tool([*TRANSFERKIT, "explain", str(images), "--out", str(images), "-m", str(model_rule)], REPO, False)
+    assert refused.returncode == 2 and "would overwrite the image" in refused.stderr
+    assert (images / cells[0].name).read_bytes() == cells[0].read_bytes()
+    old = run_tool([*TRANSFERKIT, "explain", str(images), "--out", str(out / "old"), "-m", str(model_old)], REPO, False)
+    assert old.returncode == 2 and "no 'heatmap' output" in old.stderr and not (out / "old").exists()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "rule"])
 def test_downstream_app_stands_alone(precision: str, request: pytest.FixtureRequest, cells: list[Path]) -> None:
     """examples/downstream_app.py with transferkit made unimportable gives `transferkit predict`'s answers,
-    for an fp32 and an int8 model alike (same contract)."""
-    model_a = request.getfixturevalue("model_a" if precision == "fp32" else "model_int8")
+    for an fp32 and an int8 model alike (same contract), and the decision for a model with a rule."""
+    model_a = request.getfixturevalue({"fp32": "model_a", "int8": "model_int8", "rule": "model_rule"}[precision])
     harness = (
         "import runpy, sys\n"
         "sys.modules['transferkit'] = None  # any import of transferkit now fails\n"
@@ -153,6 +204,8 @@ def test_downstream_app_stands_alone(precision: str, request: pytest.FixtureRequ
     expected = predict_csv([str(model_a), *files])
     assert [r["label"] for r in standalone] == [r["label"] for r in expected]
     assert np.allclose(probabilities_of(standalone), probabilities_of(expected), atol=2e-6)
+    assert [r.get("decision") for r in standalone] == [r.get("decision") for r in expected]  # None without a rule
+    assert ("decision" in standalone[0]) == (precision == "rule")
 
 
 def test_several_workers_build_their_app_from_the_environment(model_a: Path, cells: list[Path]) -> None:
@@ -221,6 +274,26 @@ def test_triton_repository_matches_the_model_and_one_client_drives_our_server(
     for output in config.output:
         assert list(result.as_numpy(output.name).shape) == [batch, *output.dims]
     assert np.allclose(result.as_numpy("probabilities").sum(1), 1.0, atol=1e-5)
+
+
+def test_triton_config_carries_the_decision_and_the_heatmap(model_rule: Path) -> None:
+    """The decision, a per-image scalar, is declared [1] and reshaped to []; the heatmap keeps its fixed dims."""
+    import onnx
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from transferkit.contract import HEATMAP_OUTPUT, read_metadata
+    from transferkit.export.triton import TritonOptions, config_pbtxt
+
+    text = config_pbtxt("defects", onnx.load(str(model_rule)), TritonOptions())
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    outputs = {output.name: output for output in config.output}
+    assert list(outputs) == ["logits", "probabilities", "decision", "heatmap"]
+    assert outputs["decision"].data_type == model_config_pb2.TYPE_INT64
+    assert list(outputs["decision"].dims) == [1] and list(outputs["decision"].reshape.shape) == []
+    assert outputs["heatmap"].data_type == model_config_pb2.TYPE_FP32
+    assert list(outputs["heatmap"].dims) == [len(CLASSES), *read_metadata(model_rule)[HEATMAP_OUTPUT]["shape"]]
+    assert json.loads(config.parameters["transferkit.decision"].string_value)["names"] == list(RULE.names)
 
 
 def test_triton_export_refuses_to_overwrite_a_served_version(model_a: Path, model_b: Path, tmp_path: Path) -> None:

@@ -37,4 +37,5 @@ app.command("ensemble", rich_help_panel="Research")(research.ensemble)
 # Using an exported model.
 app.command("serve", rich_help_panel="Using a model")(serving.serve)
 app.command("predict", rich_help_panel="Using a model")(serving.predict)
+app.command("explain", rich_help_panel="Using a model")(serving.explain)
 app.command("export-triton", rich_help_panel="Using a model")(serving.export_triton)

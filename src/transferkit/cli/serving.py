@@ -1,4 +1,4 @@
-"""Commands that use an exported model: serve it over HTTP, predict files, write a Triton repository."""
+"""Commands that use an exported model: serve it over HTTP, predict or explain files, write a Triton repository."""
 
 from __future__ import annotations
 
@@ -23,26 +23,50 @@ def predict(
     device: str = typer.Option("auto", help="auto | cpu | cuda (local model only)"),
     batch_size: int = typer.Option(32, min=1),
 ) -> None:
-    """Classify images with an exported model (only ONNX Runtime and its metadata), or through a server."""
+    """Classify images with an exported model (only ONNX Runtime and its metadata), or through a server:
+    CSV columns file, label, p_<class>..., then decision (a model with a decision rule only) and error."""
     from transferkit.io import atomic_write
     from transferkit.serving.batch_predict import expand_images, local_rows, remote_rows, write_rows
 
     if url is None and len(targets) < 2:
         raise typer.BadParameter("give MODEL and at least one PATH (or --url URL and PATHs)", param_hint="TARGETS")
     files = expand_images(targets if url else targets[1:])
-    if url:
-        class_names, rows = remote_rows(url, files, batch_size)
-    else:
-        class_names, rows = local_rows(targets[0], files, device, batch_size)
+    table = remote_rows(url, files, batch_size) if url else local_rows(targets[0], files, device, batch_size)
     if output is None:
-        write_rows(sys.stdout, class_names, rows)
+        write_rows(sys.stdout, table)
     else:
         with atomic_write(output, "w") as handle:
-            write_rows(handle, class_names, rows)
-        console.print(f"{len(rows)} predictions -> {output}")
-    failed = sum(1 for row in rows if row[-1])
+            write_rows(handle, table)
+        console.print(f"{len(table.rows)} predictions -> {output}")
+    failed = sum(1 for row in table.rows if row[-1])
     if failed:
         console.print(f"[yellow]{failed} file(s) could not be read; see the error column[/]")
+
+
+@reports_errors
+def explain(
+    images: list[Path] = typer.Argument(..., help="image files and/or folders of images"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for the overlay PNGs (same relative names, .png)"),
+    model: Path = typer.Option(Path("models/export/model.onnx"), "--model", "-m", help="an exported .onnx"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    batch_size: int = typer.Option(32, min=1),
+) -> None:
+    """Draw where the model saw its evidence: one overlay PNG per image, at the image's own size
+    (for the decision rule's positive classes, else the predicted class). An unreadable image is
+    skipped with its reason and the command exits 1 after the others are drawn."""
+    from transferkit.serving.batch_predict import expand_images
+    from transferkit.serving.explanation import explain_files
+
+    skipped = drawn = 0
+    for result in explain_files(model, expand_images(images), out, device, batch_size):
+        if result.error is None:
+            drawn += 1
+        else:
+            skipped += 1
+        console.print(result.describe(), style="yellow" if result.error else None, highlight=False, markup=False)
+    console.print(f"{drawn} overlay(s) in {out}" + (f"; {skipped} image(s) skipped, see above" if skipped else ""))
+    if skipped:
+        raise typer.Exit(1)
 
 
 @reports_errors

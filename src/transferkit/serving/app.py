@@ -6,14 +6,15 @@ status that names the problem; a 5xx means a bug here, never bad input.
 
 from __future__ import annotations
 
+import base64
 import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from transferkit import __version__
-from transferkit.contract import INPUT_CONTRACT, INPUT_NAME, OUTPUT_NAMES, lineage
+from transferkit.contract import DECISION_OUTPUT, HEATMAP_OUTPUT, INPUT_CONTRACT, INPUT_NAME, lineage
 from transferkit.errors import DataError, ModelError
 from transferkit.serving.batcher import Overloaded
 from transferkit.serving.metrics import RequestMetricsMiddleware
@@ -43,11 +44,30 @@ log = logging.getLogger("transferkit.serving")
 IMAGE_TYPES = ("image/", "application/octet-stream")
 
 
+HeatmapFormat = Literal["array", "png"]
+
+
+class Heatmap(BaseModel):
+    """Where the model saw the evidence behind its answer (``?heatmap=array`` or ``?heatmap=png``).
+
+    The evidence is for the decision rule's positive classes (what a flag is about) or, for a model
+    without them, for the predicted class; calibrated-logit units, positive = for those classes.
+    """
+
+    classes: list[str]
+    shape: list[int]  # [h, w] of the map: the model's last feature map
+    stride: float  # model-input pixels per map cell (the input is the image stretched to a square)
+    values: list[list[float]] | None = None  # heatmap=array: the (h, w) evidence map
+    png: str | None = None  # heatmap=png: base64 PNG of the image, at its own size, with the evidence drawn on
+
+
 class Prediction(BaseModel):
     label: str
     probabilities: dict[str, float]
     model_name: str
     model_version: str
+    decision: str | None = None  # the model's decision output by name; None for a model without a rule
+    heatmap: Heatmap | None = None
 
 
 class FilePrediction(BaseModel):
@@ -55,6 +75,8 @@ class FilePrediction(BaseModel):
     label: str | None = None
     probabilities: dict[str, float] | None = None
     error: str | None = None
+    decision: str | None = None
+    heatmap: Heatmap | None = None
 
 
 class BatchPrediction(BaseModel):
@@ -135,6 +157,39 @@ async def _image_payloads(request: Request, max_images: int) -> list[tuple[str, 
     )
 
 
+def _require_heatmap(model: ServedModel, wanted: HeatmapFormat | None) -> None:
+    """A 400 before any work when a heatmap is asked of a model that has none."""
+    if wanted is None:
+        return
+    try:
+        model.classifier.require_heatmap()
+    except ModelError as error:
+        raise HTTPException(400, f"cannot answer heatmap={wanted}: {error}, or leave out heatmap") from None
+
+
+async def _heatmaps(
+    state: ServerState, model: ServedModel, outputs: dict[str, np.ndarray], payloads: list[bytes], wanted: HeatmapFormat
+) -> list[Heatmap]:
+    """One ``Heatmap`` per image of ``outputs``; the PNGs are drawn off the event loop."""
+    explained = model.classifier.explain(outputs)
+    heatmaps = []
+    for evidence, payload in zip(explained, payloads, strict=True):
+        heatmap = Heatmap(classes=evidence.classes, shape=list(evidence.values.shape), stride=evidence.stride)
+        if wanted == "array":
+            heatmap.values = evidence.values.tolist()
+        else:
+            heatmap.png = base64.b64encode(await state.overlay(payload, evidence.values)).decode("ascii")
+        heatmaps.append(heatmap)
+    return heatmaps
+
+
+HEATMAP_QUERY = Query(
+    None,
+    description="add the evidence map: `array` (nested list, with its shape and stride) or `png` (base64 "
+    "overlay at the image's size); a model without a heatmap output answers 400",
+)
+
+
 def _model_info(state: ServerState, model: ServedModel) -> dict[str, Any]:
     classifier = model.classifier
     metadata = classifier.metadata
@@ -149,6 +204,12 @@ def _model_info(state: ServerState, model: ServedModel) -> dict[str, Any]:
             "resize": classifier.resize,
         },
         "outputs": classifier.output_names,
+        # What the optional outputs mean, for a model that has them (absent otherwise).
+        **{
+            key: metadata[key]
+            for key in (DECISION_OUTPUT, HEATMAP_OUTPUT)
+            if key in classifier.output_names and key in metadata
+        },
         "lineage": {**lineage(metadata), **model.lineage},
         "sha256": classifier.sha256,
         "source": state.source.describe(),
@@ -250,37 +311,50 @@ def _add_v1_routes(app: FastAPI) -> None:
     }
 
     @app.post("/v1/predict", response_model=Prediction, openapi_extra=upload_doc, tags=["v1"])
-    async def predict(request: Request) -> Prediction:
-        """Classify one image (raw image bytes, or one multipart file)."""
+    async def predict(request: Request, heatmap: HeatmapFormat | None = HEATMAP_QUERY) -> Prediction:
+        """Classify one image (raw image bytes, or one multipart file); ``?heatmap=`` adds where the
+        model saw the evidence."""
         state = _state(request)
-        [(_, payload)] = await _image_payloads(request, max_images=1)
         model = state.model
+        _require_heatmap(model, heatmap)
+        [(_, payload)] = await _image_payloads(request, max_images=1)
         image = await state.preprocess(model, payload)
-        probabilities = (await state.infer(model, image[None]))[OUTPUT_NAMES[1]]
-        result = model.classifier.label(probabilities[0])
-        return Prediction(**vars(result), model_name=state.name, model_version=model.version)
+        outputs = await state.infer(model, image[None])
+        [result] = model.classifier.labels(outputs)
+        response = Prediction(**vars(result), model_name=state.name, model_version=model.version)
+        if heatmap is not None:
+            [response.heatmap] = await _heatmaps(state, model, outputs, [payload], heatmap)
+        return response
 
     @app.post("/v1/predict/batch", response_model=BatchPrediction, openapi_extra=upload_doc, tags=["v1"])
-    async def predict_batch(request: Request) -> BatchPrediction:
-        """Classify several multipart files in one call; an unreadable file gets an error entry, not a failed batch."""
+    async def predict_batch(request: Request, heatmap: HeatmapFormat | None = HEATMAP_QUERY) -> BatchPrediction:
+        """Classify several multipart files in one call; an unreadable file gets an error entry, not a failed
+        batch. ``?heatmap=`` adds each readable file's evidence map to its entry."""
         state = _state(request)
-        payloads = await _image_payloads(request, max_images=state.settings.max_request_images)
         model = state.model
+        _require_heatmap(model, heatmap)
+        payloads = await _image_payloads(request, max_images=state.settings.max_request_images)
         results: list[FilePrediction] = []
         images: list[np.ndarray] = []
+        readable: list[bytes] = []
         for filename, payload in payloads:
             try:
                 images.append(await state.preprocess(model, payload))
+                readable.append(payload)
                 results.append(FilePrediction(filename=filename))
             except DataError as error:
                 results.append(FilePrediction(filename=filename, error=str(error)))
         if images:
-            probabilities = (await state.infer(model, np.stack(images)))[OUTPUT_NAMES[1]]
-            decoded = iter(probabilities)
-            for entry in results:
-                if entry.error is None:
-                    prediction = model.classifier.label(next(decoded))
-                    entry.label, entry.probabilities = prediction.label, prediction.probabilities
+            outputs = await state.infer(model, np.stack(images))
+            answered = [entry for entry in results if entry.error is None]
+            for entry, prediction in zip(answered, model.classifier.labels(outputs), strict=True):
+                entry.label, entry.probabilities = prediction.label, prediction.probabilities
+                entry.decision = prediction.decision
+            if heatmap is not None:
+                for entry, drawn in zip(
+                    answered, await _heatmaps(state, model, outputs, readable, heatmap), strict=True
+                ):
+                    entry.heatmap = drawn
         return BatchPrediction(model_name=state.name, model_version=model.version, predictions=results)
 
     @app.get("/v1/model", tags=["v1"])

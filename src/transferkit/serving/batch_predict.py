@@ -1,22 +1,54 @@
 """Batch prediction over files: a local exported model or a running server, as CSV rows.
 
 What ``transferkit predict`` prints: one row per file in the order given, ``file, label,
-p_<class>..., error``; an unreadable file gets only its error and the others go on.
+p_<class>..., error``; an unreadable file gets only its error and the others go on. A model with
+a decision output adds a ``decision`` column just before ``error``: the columns a reader of an
+older model's CSV knows keep their places (``error`` stays last).
 """
 
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
+from transferkit.contract import DECISION_OUTPUT
 from transferkit.data.sources import IMAGE_SUFFIXES
 from transferkit.errors import DataError
 from transferkit.inference import batches_of
 
 Row = list[str]
+
+
+@dataclass(frozen=True)
+class Table:
+    """The rows of ``transferkit predict`` and what their columns are."""
+
+    class_names: list[str]
+    decision: bool  # the model has a decision output: a ``decision`` column before ``error``
+    rows: list[Row]
+
+    def header(self) -> Row:
+        return ["file", "label", *(f"p_{name}" for name in self.class_names), *self._decision("decision"), "error"]
+
+    def row(
+        self,
+        file: Path,
+        label: str = "",
+        probabilities: dict[str, float] | None = None,
+        decision: str | None = None,
+        error: str = "",
+    ) -> Row:
+        """One CSV row in ``header``'s order; an unreadable file has only its error."""
+        names = self.class_names
+        values = [f"{probabilities[name]:.6f}" for name in names] if probabilities else [""] * len(names)
+        return [str(file), label, *values, *self._decision(decision or ""), error]
+
+    def _decision(self, value: str) -> list[str]:
+        return [value] if self.decision else []
 
 
 def expand_images(paths: list[Path]) -> list[Path]:
@@ -32,21 +64,12 @@ def expand_images(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _row(
-    file: Path, class_names: list[str], label: str = "", probabilities: dict[str, float] | None = None, error: str = ""
-) -> Row:
-    """One CSV row [file, label, p_<class>..., error]; an unreadable file has only its error."""
-    values = [f"{probabilities[name]:.6f}" for name in class_names] if probabilities else [""] * len(class_names)
-    return [str(file), label, *values, error]
-
-
-def local_rows(model: Path, files: list[Path], device: str, batch_size: int) -> tuple[list[str], list[Row]]:
+def local_rows(model: Path, files: list[Path], device: str, batch_size: int) -> Table:
     """Rows from a local ONNX model (ONNX Runtime and its metadata only), in ``files`` order."""
     from transferkit.serving.onnx_model import OnnxClassifier
 
     classifier = OnnxClassifier(model, device)
-    names = classifier.class_names
-    rows: list[Row] = []
+    table = Table(classifier.class_names, DECISION_OUTPUT in classifier.output_names, [])
     for chunk in batches_of(files, batch_size):
         images, readable = [], []
         for file in chunk:
@@ -54,27 +77,29 @@ def local_rows(model: Path, files: list[Path], device: str, batch_size: int) -> 
                 images.append(classifier.preprocess(file))
                 readable.append(file)
             except DataError as error:
-                rows.append(_row(file, names, error=str(error)))
+                table.rows.append(table.row(file, error=str(error)))
         predictions = classifier.predict(np.stack(images)) if images else []
         for file, result in zip(readable, predictions, strict=True):
-            rows.append(_row(file, names, result.label, result.probabilities))
+            table.rows.append(table.row(file, result.label, result.probabilities, result.decision))
     order = {str(file): i for i, file in enumerate(files)}
-    return names, sorted(rows, key=lambda row: order[row[0]])
+    table.rows.sort(key=lambda row: order[row[0]])
+    return table
 
 
-def remote_rows(url: str, files: list[Path], batch_size: int) -> tuple[list[str], list[Row]]:
+def remote_rows(url: str, files: list[Path], batch_size: int) -> Table:
     """The same rows from a running ``transferkit serve`` (its batch endpoint, ``batch_size`` files a call)."""
     from transferkit.serving.client import ServingClient
 
     with ServingClient(url) as client:
-        class_names: list[str] = client.model()["classes"]
-        rows: list[Row] = []
+        info = client.model()
+        table = Table(info["classes"], DECISION_OUTPUT in info.get("outputs", []), [])
         for chunk in batches_of(files, batch_size):
             for file, entry in zip(chunk, client.predict_batch(chunk), strict=True):
-                rows.append(_row(file, class_names, entry["label"] or "", entry["probabilities"], entry["error"] or ""))
-    return class_names, rows
+                # .get: a server older than the decision field still answers the rest
+                values = (entry["label"] or "", entry["probabilities"], entry.get("decision"), entry["error"] or "")
+                table.rows.append(table.row(file, *values))
+    return table
 
 
-def write_rows(handle: TextIO, class_names: list[str], rows: list[Row]) -> None:
-    header = ["file", "label", *(f"p_{name}" for name in class_names), "error"]
-    csv.writer(handle, lineterminator="\n").writerows([header, *rows])
+def write_rows(handle: TextIO, table: Table) -> None:
+    csv.writer(handle, lineterminator="\n").writerows([table.header(), *table.rows])

@@ -77,11 +77,11 @@ class ServingClient:
             time.sleep(0.2)
 
     def predict(self, image: str | Path | bytes) -> dict[str, Any]:
-        """Label and probabilities for one image file or its bytes."""
+        """Label, probabilities and (a model with a rule) decision for one image file or its bytes."""
         payload = image if isinstance(image, bytes) else Path(image).read_bytes()
         return self._request("POST", "/v1/predict", files={"file": ("image", payload)})
 
     def predict_batch(self, paths: list[Path]) -> list[dict[str, Any]]:
-        """One entry per path, in order: label and probabilities, or the server's error for that file."""
+        """One entry per path, in order: label, probabilities and decision, or the server's error for that file."""
         files = [("files", (str(path), path.read_bytes())) for path in paths]
         return self._request("POST", "/v1/predict/batch", files=files)["predictions"]

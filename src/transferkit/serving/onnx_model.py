@@ -16,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.contract import INPUT_NAME, OUTPUT_NAMES, REQUIRED_METADATA, read_metadata
+from transferkit.contract import (
+    DECISION_OUTPUT,
+    HEATMAP_OUTPUT,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    REQUIRED_METADATA,
+    read_metadata,
+)
+from transferkit.decision import DecisionRule
 from transferkit.errors import ModelError
 from transferkit.onnx_runtime import (
     CPU,
@@ -34,6 +42,16 @@ from transferkit.preprocessing import load_for_model
 class Prediction:
     label: str
     probabilities: dict[str, float]
+    decision: str | None = None  # the model's decision name (pass / flag / review); None without a rule
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One image's evidence map (h, w), for ``classes``, in calibrated-logit units."""
+
+    classes: list[str]
+    values: np.ndarray
+    stride: float  # model-input pixels per map cell
 
 
 class OnnxClassifier:
@@ -79,6 +97,33 @@ class OnnxClassifier:
         self.class_names: list[str] = list(self.metadata["class_names"])
         self.image_size = int(self.metadata["image_size"])
         self.resize = str(self.metadata["resize"])
+        self.rule, self.decision_names = self._decision_rule()
+
+    def _decision_rule(self) -> tuple[DecisionRule | None, list[str] | None]:
+        """The rule behind the ``decision`` output and the names its codes index (None, None without one)."""
+        if DECISION_OUTPUT not in self.output_names:
+            return None, None
+        described = self.metadata.get(DECISION_OUTPUT)
+        try:
+            return DecisionRule.from_metadata(described, self.class_names), list(described["names"])
+        except (TypeError, KeyError, ValueError) as error:  # absent, or not the shape the exporter writes
+            raise ModelError(
+                f"{self.path} has a {DECISION_OUTPUT!r} output but its {DECISION_OUTPUT!r} metadata is missing or "
+                f"broken ({error!r}); re-export the model with `transferkit export`"
+            ) from None
+
+    @property
+    def has_heatmap(self) -> bool:
+        return HEATMAP_OUTPUT in self.output_names
+
+    def require_heatmap(self) -> None:
+        """Refuse, saying what to do, when this model cannot explain its predictions."""
+        if not self.has_heatmap:
+            raise ModelError(
+                f"{self.path.name} has no {HEATMAP_OUTPUT!r} output (outputs: {self.output_names}): it was exported "
+                "before transferkit added class maps, or it is an ensemble; re-export a single model with "
+                "`transferkit export` to get heatmaps"
+            )
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -108,15 +153,38 @@ class OnnxClassifier:
     def preprocess(self, source: str | Path | bytes, max_pixels: int | None = None) -> np.ndarray:
         return load_for_model(source, self.image_size, self.resize, max_pixels)
 
-    def label(self, probabilities: np.ndarray) -> Prediction:
-        """One image's probabilities as a named prediction."""
+    def label(self, probabilities: np.ndarray, decision: int | None = None) -> Prediction:
+        """One image's probabilities (and decision code, when the model has one) as a named prediction."""
         return Prediction(
             self.class_names[int(probabilities.argmax())],
             dict(zip(self.class_names, map(float, probabilities), strict=True)),
+            None if decision is None or self.decision_names is None else self.decision_names[int(decision)],
         )
 
+    def labels(self, outputs: dict[str, np.ndarray]) -> list[Prediction]:
+        """Named predictions for a batch from ``run_all``'s outputs; the decision where the model has one."""
+        probabilities = outputs[OUTPUT_NAMES[1]]
+        codes = outputs.get(DECISION_OUTPUT)
+        return [self.label(p, None if codes is None else int(codes[i])) for i, p in enumerate(probabilities)]
+
     def predict(self, images: np.ndarray) -> list[Prediction]:
-        return [self.label(p) for p in self.run(images)[1]]
+        return self.labels(self.run_all(images))
+
+    def explain(self, outputs: dict[str, np.ndarray]) -> list[Evidence]:
+        """Each image's evidence map from ``run_all``'s outputs: for the rule's positive classes (what a
+        flag is about), or for the predicted class when the model has no positive classes."""
+        from transferkit.heatmap import evidence  # loads matplotlib (its colours): only when explaining
+
+        self.require_heatmap()
+        maps, probabilities = outputs[HEATMAP_OUTPUT], outputs[OUTPUT_NAMES[1]]
+        stride = float(self.metadata.get(HEATMAP_OUTPUT, {}).get("stride", self.image_size / maps.shape[2]))
+        explained = []
+        for image_maps, image_probabilities in zip(maps, probabilities, strict=True):
+            classes = (
+                list(self.rule.positive) if self.rule and self.rule.positive else [int(image_probabilities.argmax())]
+            )
+            explained.append(Evidence([self.class_names[c] for c in classes], evidence(image_maps, classes), stride))
+        return explained
 
     def warm_up(self) -> None:
         """One inference on a blank image, checking the output contract (catches a model that loads but is wrong)."""

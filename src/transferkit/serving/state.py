@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from transferkit.errors import DataError, ModelError
+from transferkit.preprocessing import decode_image
 from transferkit.serving.batcher import DynamicBatcher
+from transferkit.serving.explanation import overlay_png
 from transferkit.serving.metrics import ServerMetrics
 from transferkit.serving.model_source import ServedModel, Source, inference_parallelism, load_model, source_from
 from transferkit.serving.settings import ServeSettings, admin_token
@@ -78,6 +80,16 @@ class ServerState:
         loop = asyncio.get_running_loop()
         max_pixels = self.settings.max_image_pixels
         return await loop.run_in_executor(self._decoders, model.classifier.preprocess, payload, max_pixels)
+
+    async def overlay(self, payload: bytes, evidence_map: np.ndarray) -> bytes:
+        """The image in ``payload`` at its own size with ``evidence_map`` drawn on, as PNG bytes (decoded
+        again and drawn on the decode pool: off the event loop, like preprocessing)."""
+        max_pixels = self.settings.max_image_pixels
+
+        def draw() -> bytes:
+            return overlay_png(decode_image(payload, max_pixels), evidence_map)
+
+        return await asyncio.get_running_loop().run_in_executor(self._decoders, draw)
 
     async def infer(self, model: ServedModel, images: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of the model for ``images``, by name (``logits`` and ``probabilities`` always)."""

@@ -79,10 +79,10 @@ class Explained:
             return f"skipped {self.file}: {self.error}"
         verdict = ", ".join(filter(None, [self.prediction.label, self.prediction.decision]))
         evidence_for = "+".join(self.evidence.classes)
-        if float(self.evidence.values.max()) <= 0:  # the overlay leaves such an image as it is
-            return f"{self.file} -> {self.overlay} ({verdict}; no evidence for {evidence_for} anywhere)"
         x, y = self.peak
-        return f"{self.file} -> {self.overlay} ({verdict}; evidence for {evidence_for} peaks at x={x}, y={y})"
+        # The overlay's colours are relative; whether the strongest spot argues for the class at all is said here.
+        strength = "peaks" if float(self.evidence.values.max()) > 0 else "is against it everywhere, least at"
+        return f"{self.file} -> {self.overlay} ({verdict}; evidence for {evidence_for} {strength} x={x}, y={y})"
 
 
 def explain_files(model: Path, files: list[Path], out: Path, device: str, batch_size: int) -> Iterator[Explained]:

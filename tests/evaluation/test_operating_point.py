@@ -10,7 +10,7 @@ from scipy.stats import binomtest
 
 from transferkit.config import DecisionParams, ReviewParams
 from transferkit.decision import DecisionRule
-from transferkit.errors import ConfigError
+from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation.operating_point import (
     choose_band,
     choose_confidence,
@@ -152,6 +152,12 @@ def test_figures_carry_exact_intervals_and_the_band_only_catches_more() -> None:
         assert figure["value"] == figure["count"] / figure["of"]
     assert figures["missed"]["count"] <= figures["recall"]["of"] - figures["recall"]["count"]
     assert figures["false_flags"]["count"] <= figures["false_alarm"]["count"]
+
+
+def test_a_validation_split_without_positives_is_a_clear_error() -> None:
+    probabilities, labels = _binary(50, 8)
+    with pytest.raises(DataError, match="validation split has 0 of 50 images in the positive classes"):
+        choose_rule(probabilities, np.zeros_like(labels), (1,), DecisionParams())
 
 
 def test_positive_classes_auto_and_named() -> None:

@@ -22,7 +22,7 @@ from scipy.stats import beta, binomtest
 
 from transferkit.config import DecisionParams, ReviewParams
 from transferkit.decision import DecisionRule
-from transferkit.errors import ConfigError
+from transferkit.errors import ConfigError, DataError
 
 ELPV_NEGATIVE = "functional"
 MAX_CANDIDATES = 2000  # per side of the band search: validation sets past this are searched on quantiles
@@ -172,6 +172,12 @@ def choose_rule(
     rule = DecisionRule(positive, 0.0, 0.0, 0.0)
     scores = rule.scores(probabilities).astype(np.float64)
     is_positive = np.isin(labels, positive)
+    if is_positive.all() or not is_positive.any():
+        raise DataError(
+            f"the validation split has {int(is_positive.sum())} of {len(labels)} images in the positive classes "
+            "(decision.positive), so no threshold can be chosen on it: it needs both kinds; add labelled images, "
+            "raise data.split.val, or set decision.positive: [] for the review band alone"
+        )
     threshold, threshold_met = choose_threshold(scores, is_positive, params)
     lower, upper, band_met = choose_band(scores, is_positive, threshold, params.review)
     return Choice(DecisionRule(positive, lower, upper, threshold), threshold_met, band_met)

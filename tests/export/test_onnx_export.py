@@ -253,6 +253,15 @@ def test_check_decisions_names_the_flips_and_refuses_too_many() -> None:
         check_decisions(flipped, probabilities, rule, 0.2)
 
 
+def test_a_heatmap_that_does_not_add_up_to_the_logits_is_refused() -> None:
+    from transferkit.export.onnx_export import check_heatmap
+
+    maps = np.random.default_rng(9).normal(size=(4, 2, 3, 3))
+    assert check_heatmap(maps, maps.sum((2, 3)), 1e-4)["max_sum_diff"] < 1e-12
+    with pytest.raises(ExportError, match="does not add up to the logits"):
+        check_heatmap(maps, maps.sum((2, 3)) + 1e-3, 1e-4)
+
+
 @pytest.mark.slow
 def test_full_size_fp16_export_decides_like_fp32_pytorch(lite0, elpv_subset: Path) -> None:
     """The default architecture at the default 300 px, in fp16, on real cells: the logits within

@@ -96,6 +96,8 @@ def test_exported_model_is_verified_and_self_describing(reproduced) -> None:
     assert metadata["outputs"] == ["logits", "probabilities", "decision", "heatmap"]
     report = json.loads((root / "reports/export.json").read_text())["decision"]
     assert report["passed"] and report["flips"] == 0 and report["count"] == 40
+    heatmap = json.loads((root / "reports/export.json").read_text())["heatmap"]
+    assert heatmap["passed"] and heatmap["max_sum_diff"] <= 1e-4
 
 
 def test_second_repro_is_a_no_op(reproduced) -> None:

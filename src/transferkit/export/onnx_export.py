@@ -316,3 +316,15 @@ def check_decisions(
             "export at a higher precision (export.precision: fp32) or, deliberately, raise export.max_decision_flips."
         )
     return report
+
+
+def check_heatmap(heatmap: np.ndarray, logits: np.ndarray, tolerance: float) -> dict[str, Any]:
+    """The graph's maps must sum over positions to its own logits (which the parity check holds to
+    PyTorch's): a map that drifted from the head explains some other model."""
+    max_diff = float(np.abs(heatmap.sum(axis=(2, 3)) - logits).max())
+    if max_diff > tolerance:
+        raise ExportError(
+            f"the exported heatmap does not add up to the logits: max |sum - logit| {max_diff:.2e} "
+            f"(tolerance {tolerance:.0e}). The model was not written; this is a bug in the exporter, please report it."
+        )
+    return {"max_sum_diff": max_diff, "tolerance": tolerance, "passed": True}

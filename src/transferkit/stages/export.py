@@ -10,7 +10,7 @@ int8 model (static quantization calibrated on training images) is held to
 ``export.max_accuracy_drop`` of test accuracy instead of a logit tolerance. The decision rule
 evaluate chose travels in the graph (``decision`` output and metadata); at every precision at
 most ``export.max_decision_flips`` of the test images may decide differently from the rule on
-fp32 PyTorch's probabilities.
+fp32 PyTorch's probabilities, and (fp32, fp16) the heatmap must sum to the graph's logits.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ import onnx
 from scipy.special import softmax
 
 from transferkit.config import Params
-from transferkit.contract import DECISION_OUTPUT, OUTPUT_NAMES, model_metadata, read_metadata
+from transferkit.contract import DECISION_OUTPUT, HEATMAP_OUTPUT, OUTPUT_NAMES, model_metadata, read_metadata
 from transferkit.data.cache import PreparedData
 from transferkit.decision import DecisionRule
 from transferkit.export.model_card import render_model_card
 from transferkit.export.onnx_export import (
-    DecisionReport,
     ParityReport,
     QuantizedReport,
     check_accuracy_drop,
     check_decisions,
+    check_heatmap,
     check_parity,
     export_onnx,
 )
@@ -77,16 +77,18 @@ def build_model(
 
 def verify(
     params: Params, model_bytes: bytes, prepared: PreparedData, threads: int, rule: DecisionRule | None
-) -> tuple[ParityReport | QuantizedReport, DecisionReport | None]:
+) -> tuple[ParityReport | QuantizedReport, dict[str, dict[str, Any]]]:
     """Every test image through ONNX Runtime against the fp32 PyTorch logits evaluate saved:
-    the logits (or, for int8, the accuracy), then the decisions."""
+    the logits (or, for int8, the accuracy), the heatmap's sums and the decisions; returns the
+    logit check and the others' reports by output."""
     test_idx = prepared.indices("test")
-    names = [OUTPUT_NAMES[0]] + ([DECISION_OUTPUT] if rule is not None else [])
+    names = [OUTPUT_NAMES[0], HEATMAP_OUTPUT] + ([DECISION_OUTPUT] if rule is not None else [])
     outputs = onnx_outputs(model_bytes, prepared.images_chw(test_idx).numpy(), names, threads)
     logits = outputs[OUTPUT_NAMES[0]]
     reference, labels = np.load(params.paths.test_logits), prepared.labels(test_idx)
     export = params.export
-    if export.precision == "int8":
+    others: dict[str, dict[str, Any]] = {}
+    if export.precision == "int8":  # quantized maps are not held to a float tolerance, like the logits
         check: ParityReport | QuantizedReport = check_accuracy_drop(logits, reference, labels, export.max_accuracy_drop)
     else:
         tolerance = export.parity_tolerance
@@ -94,12 +96,12 @@ def verify(
             largest = float(np.abs(reference).max())
             tolerance = max(export.fp16_parity_tolerance, export.fp16_relative_tolerance * largest)
         check = check_parity(logits, reference, labels, tolerance)
-    if rule is None:
-        return check, None
-    flips = check_decisions(
-        outputs[DECISION_OUTPUT], softmax(reference.astype(np.float64), axis=1), rule, export.max_decision_flips
-    )
-    return check, flips
+        others[HEATMAP_OUTPUT] = check_heatmap(outputs[HEATMAP_OUTPUT], logits, tolerance)
+    if rule is not None:
+        probabilities = softmax(reference.astype(np.float64), axis=1)
+        flips = check_decisions(outputs[DECISION_OUTPUT], probabilities, rule, export.max_decision_flips)
+        others[DECISION_OUTPUT] = flips.as_dict()
+    return check, others
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -124,7 +126,7 @@ def run(params: Params) -> dict[str, Any]:
         DecisionRule.from_metadata(metrics["decision"]["rule"], prepared.class_names) if "decision" in metrics else None
     )
     model_bytes = build_model(params, payload, prepared, metadata, calibration, rule)
-    check, decisions = verify(params, model_bytes, prepared, threads, rule)
+    check, others = verify(params, model_bytes, prepared, threads, rule)
 
     out = Path(params.paths.export)
     with atomic_write(out / "model.onnx") as handle:
@@ -139,7 +141,7 @@ def run(params: Params) -> dict[str, Any]:
                 handle.write((Path(params.paths.evaluate) / figure).read_bytes())
     report = {
         "parity": check.as_dict(),
-        **({"decision": decisions.as_dict()} if decisions is not None else {}),
+        **others,
         "precision": precision,
         "size_bytes": len(model_bytes),
         "model": str(out / "model.onnx"),
@@ -153,7 +155,11 @@ def run(params: Params) -> dict[str, Any]:
             else f"max |diff| vs PyTorch {check.max_abs_diff:.2e}"
         )
         + f", argmax agreement {check.argmax_agreement:.4f}"
-        + (f", {decisions.flips} of {decisions.count} decisions differ" if decisions is not None else ""),
+        + (
+            f", {others[DECISION_OUTPUT]['flips']} of {others[DECISION_OUTPUT]['count']} decisions differ"
+            if DECISION_OUTPUT in others
+            else ""
+        ),
         highlight=False,
     )
     return report

@@ -39,14 +39,16 @@ def peak(evidence_map: np.ndarray, size: tuple[int, int]) -> tuple[int, int]:
 def overlay(image: Image.Image, evidence_map: np.ndarray, alpha: float = 0.55) -> Image.Image:
     """``image`` with ``evidence_map`` painted on top (inferno colours, opacity by strength).
 
-    Strength is relative within the image, from its weakest to its strongest evidence: the hot
-    spot is where the class was seen most, whatever the decision, which is what a person checking
-    a missed defect needs to see; the score says how strong that was.
+    Strength is relative within the image, from its median to its strongest evidence, and the
+    half below the median is left unpainted: the hot spots are where the class was seen most,
+    whatever the decision, which is what a person checking a missed defect needs to see; the
+    score says how strong that was.
     """
     rgb = image.convert("RGB")
     resized = upsample(evidence_map, rgb.size)
-    spread = float(resized.max() - resized.min())
-    strength = (resized - resized.min()) / spread if spread > 0 else np.zeros_like(resized)
+    middle = float(np.median(resized))
+    spread = float(resized.max()) - middle
+    strength = np.clip((resized - middle) / spread, 0.0, 1.0) if spread > 0 else np.zeros_like(resized)
     colours = colormaps["inferno"](strength)[..., :3]
     weight = (alpha * strength)[..., None]
     blended = (1 - weight) * (np.asarray(rgb, dtype=np.float32) / 255) + weight * colours

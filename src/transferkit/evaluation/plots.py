@@ -17,9 +17,9 @@ from sklearn.metrics import ConfusionMatrixDisplay
 from transferkit.io import atomic_write
 
 
-def save_figure(figure: plt.Figure, path: str | Path) -> None:
+def save_figure(figure: plt.Figure, path: str | Path, dpi: int = 120) -> None:
     with atomic_write(path) as handle:
-        figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
+        figure.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(figure)
 
 

@@ -132,7 +132,7 @@ def write_gallery(
     ]
     explained = [rule.positive or (int(probabilities[i].argmax()),) for i in worst]
     heading = f"worst wrong automatic decisions on the test split ({len(worst)} shown)"
-    save_figure(gallery_figure(images.numpy(), heatmaps, titles, explained, heading), path)
+    save_figure(gallery_figure(images.numpy(), heatmaps, titles, explained, heading), path, dpi=80)  # photos: big PNGs
 
 
 def run(params: Params) -> dict[str, Any]:

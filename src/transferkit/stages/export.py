@@ -9,8 +9,9 @@ export untouched. fp16 models run on the CPU provider too, which is how CI verif
 int8 model (static quantization calibrated on training images) is held to
 ``export.max_accuracy_drop`` of test accuracy instead of a logit tolerance. The decision rule
 evaluate chose travels in the graph (``decision`` output and metadata); at every precision at
-most ``export.max_decision_flips`` of the test images may decide differently from the rule on
-fp32 PyTorch's probabilities, and (fp32, fp16) the heatmap must sum to the graph's logits.
+most ``export.max_decision_flips`` (int8: ``export.int8.max_decision_flips``) of the test images
+may decide differently from the rule on fp32 PyTorch's probabilities, and (fp32, fp16) the
+heatmap must sum to the graph's logits.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from transferkit.config import Params
 from transferkit.contract import DECISION_OUTPUT, HEATMAP_OUTPUT, OUTPUT_NAMES, model_metadata, read_metadata
 from transferkit.data.cache import PreparedData
 from transferkit.decision import DecisionRule
+from transferkit.evaluation.operating_point import decision_figures
 from transferkit.export.model_card import render_model_card
 from transferkit.export.onnx_export import (
     ParityReport,
@@ -82,7 +84,7 @@ def verify(
     the logits (or, for int8, the accuracy), the heatmap's sums and the decisions; returns the
     logit check and the others' reports by output."""
     test_idx = prepared.indices("test")
-    names = [OUTPUT_NAMES[0], HEATMAP_OUTPUT] + ([DECISION_OUTPUT] if rule is not None else [])
+    names = [*OUTPUT_NAMES, HEATMAP_OUTPUT] + ([DECISION_OUTPUT] if rule is not None else [])
     outputs = onnx_outputs(model_bytes, prepared.images_chw(test_idx).numpy(), names, threads)
     logits = outputs[OUTPUT_NAMES[0]]
     reference, labels = np.load(params.paths.test_logits), prepared.labels(test_idx)
@@ -99,8 +101,11 @@ def verify(
         others[HEATMAP_OUTPUT] = check_heatmap(outputs[HEATMAP_OUTPUT], logits, tolerance)
     if rule is not None:
         probabilities = softmax(reference.astype(np.float64), axis=1)
-        flips = check_decisions(outputs[DECISION_OUTPUT], probabilities, rule, export.max_decision_flips)
-        others[DECISION_OUTPUT] = flips.as_dict()
+        limit = export.int8.max_decision_flips if export.precision == "int8" else export.max_decision_flips
+        flips = check_decisions(outputs[DECISION_OUTPUT], probabilities, rule, limit)
+        # What the line gets from this model at this precision, as evaluate measured fp32's.
+        own = decision_figures(rule, outputs[OUTPUT_NAMES[1]].astype(np.float64), labels)
+        others[DECISION_OUTPUT] = {**flips.as_dict(), "test": own}
     return check, others
 
 

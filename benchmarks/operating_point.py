@@ -76,10 +76,14 @@ def _cell(figure: dict[str, Any]) -> str:
     return f"{figure['value']:.3f} [{figure['low']:.3f}, {figure['high']:.3f}]"
 
 
-def main() -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        reports = export_each(Path(folder))
-        rows = choices(Path(reports["fp32"]["model"]))
+def _setting(setting: dict[str, Any], prefix: str = "decision.") -> str:
+    return ", ".join(
+        _setting(value, f"{prefix}{key}.") if isinstance(value, dict) else f"{prefix}{key} {value}"
+        for key, value in setting.items()
+    )
+
+
+def table(reports: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| precision | parity | decisions that differ from fp32 PyTorch |",
         "|---|---|---|",
@@ -95,18 +99,25 @@ def main() -> None:
         lines.append(f"| {precision} | {check} | {flips['flips']} of {flips['count']} ({flips['flip_fraction']:.2%}) |")
     lines += [
         "",
-        "| setting (else params.yaml) | threshold | review band | test recall | test false alarms | review "
+        "| setting (the rest as params.yaml) | threshold | review band | test recall | test false alarms | review "
         "| accuracy on the rest |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         test, (lower, upper) = row["test"], row["review_band"]
-        setting = ", ".join(f"{k} {v}" for k, v in row["setting"].items())
         lines.append(
-            f"| {setting} | {row['threshold']:.3f} | [{lower:.3f}, {upper:.3f}) | {_cell(test['recall'])} | "
-            f"{_cell(test['false_alarm'])} | {_cell(test['review'])} | {_cell(test['auto_accuracy'])} |"
+            f"| {_setting(row['setting'])} | {row['threshold']:.3f} | [{lower:.3f}, {upper:.3f}) | "
+            f"{_cell(test['recall'])} | {_cell(test['false_alarm'])} | {_cell(test['review'])} | "
+            f"{_cell(test['auto_accuracy'])} |"
         )
-    write_results("operating_point", {"precisions": reports, "choices": rows}, lines)
+    return lines
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        reports = export_each(Path(folder))
+        rows = choices(Path(reports["fp32"]["model"]))
+    write_results("operating_point", {"precisions": reports, "choices": rows}, table(reports, rows))
 
 
 if __name__ == "__main__":

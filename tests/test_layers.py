@@ -18,7 +18,20 @@ from tests.helpers import REPO, SRC, imported_modules
 # Each layer: the first component of the module name under transferkit.
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundations", {"__init__", "errors", "io", "reporting", "config"}),
-    ("core", {"preprocessing", "models", "contract", "onnx_runtime", "onnx_graph", "views", "inference", "decision", "heatmap"}),
+    (
+        "core",
+        {
+            "preprocessing",
+            "models",
+            "contract",
+            "onnx_runtime",
+            "onnx_graph",
+            "views",
+            "inference",
+            "decision",
+            "heatmap",
+        },
+    ),
     ("library", {"data", "training", "evaluation"}),
     ("export", {"export"}),
     ("stages", {"stages"}),

@@ -30,10 +30,16 @@ def upsample(evidence_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def peak(evidence_map: np.ndarray, size: tuple[int, int]) -> tuple[int, int]:
-    """(x, y) pixel of the strongest evidence once the map is upsampled to the image's ``size``."""
-    resized = upsample(evidence_map, size)
-    y, x = np.unravel_index(int(resized.argmax()), resized.shape)
-    return int(x), int(y)
+    """(x, y) pixel at the centre of the map cell with the strongest evidence, in an image of ``size``.
+
+    The cell's centre is where the bilinearly upsampled map peaks too, except at the border:
+    upsampling holds an edge cell's value flat out to the image's edge, and the argmax of that
+    plateau is its first pixel, so a top or left cell pointed at the image's edge (half a cell
+    off) while a bottom or right one pointed at its centre.
+    """
+    height, width = evidence_map.shape
+    row, col = np.unravel_index(int(evidence_map.argmax()), evidence_map.shape)
+    return int((col + 0.5) * size[0] / width), int((row + 0.5) * size[1] / height)
 
 
 def overlay(image: Image.Image, evidence_map: np.ndarray, alpha: float = 0.55) -> Image.Image:

@@ -39,10 +39,10 @@ SIZES = (1, 8, 32)
 PRECISIONS = ("fp32", "int8")
 
 
-def export_both(folder: Path) -> dict[str, dict]:
+def export_each(folder: Path, precisions: tuple[str, ...] = PRECISIONS) -> dict[str, dict]:
     """The export stage at each precision; returns its report (model path, size, verification)."""
     reports = {}
-    for precision in PRECISIONS:
+    for precision in precisions:
         out = folder / precision
         overrides = {
             "export.precision": precision,
@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     files = sorted((package_data_dir() / "images").glob("*.png"))[:64]
     with tempfile.TemporaryDirectory() as tmp:
-        reports = export_both(Path(tmp))
+        reports = export_each(Path(tmp))
         models = {p: OnnxClassifier(reports[p]["model"], device="cpu", threads=args.threads) for p in PRECISIONS}
         size = models["fp32"].image_size
         images = np.stack([load_for_model(f, size, models["fp32"].resize) for f in files])

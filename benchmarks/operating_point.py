@@ -20,30 +20,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from int8 import export_each
 from results import write_results
 from transferkit.config import DecisionParams, load_params
 from transferkit.contract import OUTPUT_NAMES
 from transferkit.data.cache import PreparedData
 from transferkit.evaluation.operating_point import choose_rule, decision_figures, positive_classes
 from transferkit.inference import onnx_outputs
-from transferkit.stages import export
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CONFIDENCES = (0.5, 0.8, 0.9, 0.95)
 REVIEW_TARGETS = (0.95, 0.97, 0.98, 0.99)
-
-
-def export_each(folder: Path) -> dict[str, dict[str, Any]]:
-    reports = {}
-    for precision in PRECISIONS:
-        out = folder / precision
-        overrides = {
-            "export.precision": precision,
-            "paths.export": str(out),
-            "paths.export_report": str(out / "report.json"),
-        }
-        reports[precision] = export.run(load_params("params.yaml", overrides))
-    return reports
 
 
 def choices(model: Path) -> list[dict[str, Any]]:
@@ -115,7 +102,7 @@ def table(reports: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> lis
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
-        reports = export_each(Path(folder))
+        reports = export_each(Path(folder), PRECISIONS)
         rows = choices(Path(reports["fp32"]["model"]))
     write_results("operating_point", {"precisions": reports, "choices": rows}, table(reports, rows))
 

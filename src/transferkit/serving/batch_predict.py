@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from transferkit.contract import DECISION_OUTPUT
 from transferkit.data.sources import IMAGE_SUFFIXES
 from transferkit.errors import DataError
 from transferkit.inference import batches_of
+
+if TYPE_CHECKING:  # the CLI imports this module at start; the model (ONNX Runtime) loads when used
+    from transferkit.serving.onnx_model import OnnxClassifier
 
 Row = list[str]
 
@@ -64,6 +67,21 @@ def expand_images(paths: list[Path]) -> list[Path]:
     return files
 
 
+def read_chunk(
+    classifier: OnnxClassifier, files: list[Path]
+) -> tuple[list[np.ndarray], list[Path], list[tuple[Path, str]]]:
+    """The model inputs of the readable ``files``, those files, and each unreadable one with why:
+    one bad file in a batch is reported, not fatal."""
+    images, readable, unreadable = [], [], []
+    for file in files:
+        try:
+            images.append(classifier.preprocess(file))
+            readable.append(file)
+        except DataError as error:
+            unreadable.append((file, str(error)))
+    return images, readable, unreadable
+
+
 def local_rows(model: Path, files: list[Path], device: str, batch_size: int) -> Table:
     """Rows from a local ONNX model (ONNX Runtime and its metadata only), in ``files`` order."""
     from transferkit.serving.onnx_model import OnnxClassifier
@@ -71,13 +89,8 @@ def local_rows(model: Path, files: list[Path], device: str, batch_size: int) -> 
     classifier = OnnxClassifier(model, device)
     table = Table(classifier.class_names, DECISION_OUTPUT in classifier.output_names, [])
     for chunk in batches_of(files, batch_size):
-        images, readable = [], []
-        for file in chunk:
-            try:
-                images.append(classifier.preprocess(file))
-                readable.append(file)
-            except DataError as error:
-                table.rows.append(table.row(file, error=str(error)))
+        images, readable, unreadable = read_chunk(classifier, chunk)
+        table.rows.extend(table.row(file, error=error) for file, error in unreadable)
         predictions = classifier.predict(np.stack(images)) if images else []
         for file, result in zip(readable, predictions, strict=True):
             table.rows.append(table.row(file, result.label, result.probabilities, result.decision))

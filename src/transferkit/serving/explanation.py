@@ -22,6 +22,7 @@ from transferkit.errors import DataError
 from transferkit.inference import batches_of
 from transferkit.io import atomic_write
 from transferkit.preprocessing import decode_image
+from transferkit.serving.batch_predict import read_chunk
 from transferkit.serving.onnx_model import Evidence, OnnxClassifier, Prediction
 
 
@@ -94,14 +95,8 @@ def explain_files(model: Path, files: list[Path], out: Path, device: str, batch_
     classifier.require_heatmap()
     targets = overlay_targets(files, out)
     for chunk in batches_of(files, batch_size):
-        results: dict[Path, Explained] = {}
-        images, readable = [], []
-        for file in chunk:
-            try:
-                images.append(classifier.preprocess(file))
-                readable.append(file)
-            except DataError as error:
-                results[file] = Explained(file, error=str(error))
+        images, readable, unreadable = read_chunk(classifier, chunk)
+        results = {file: Explained(file, error=error) for file, error in unreadable}
         if images:
             outputs = classifier.run_all(np.stack(images))
             explained = zip(readable, classifier.labels(outputs), classifier.explain(outputs), strict=True)

@@ -3,7 +3,8 @@
 Runs study grids (train + evaluate per cell, finished cells skipped on rerun) with the project's
 params.yaml, changing only ``data.*`` and, for the comparison, ``train.augment.preset``:
 - ELPV (the embedded default) at 5 %, 10 % and 100 % of the training split;
-- each example dataset (``transferkit data example``) with every preset, ``auto`` included;
+- each example dataset (``transferkit data example``) with every preset, ``auto`` included
+  (``--datasets`` picks some of them);
 - ablations (``--only ablations``): a one-epoch linear probe on ``digits`` (chance: 0.1). (ELPV
   without the EMA needs no run of its own: at 5 % the EMA is off by rule, and the 10 % cells of
   docs/study/no-ema ran the same recipe with the EMA off.)
@@ -11,6 +12,7 @@ Seeds 0-2 everywhere. Then a table of 3-seed means: accuracy, macro-F1, ECE befo
 temperature, and for each dataset the gap between ``auto`` and the best preset.
 
     PYTHONPATH=benchmarks:. .venv/bin/python benchmarks/recipe.py [--only elpv|examples|ablations] [--seeds 0 1 2]
+        [--datasets digits mirror-letters ...]
 
 Writes benchmarks/results/recipe.json and .md; cells live under studies/recipe/ (gitignored).
 """
@@ -30,8 +32,9 @@ from transferkit.study.runner import run_study
 
 PROJECT = Path(__file__).resolve().parents[1]
 ROOT = PROJECT / "studies" / "recipe"
-# The digits are 8x8 pixels: 96 px inputs lose nothing and cost a sixth of 224 px (a data.* choice).
-EXAMPLES = {"digits": 96, "digits-any-orientation": 96}
+# The digits are 8x8 pixels: 96 px inputs lose nothing and cost a sixth of 224 px (a data.* choice);
+# the photo crops and the letters are made at 64 px.
+EXAMPLES = {"digits": 96, "digits-any-orientation": 96, "photo-orientation": 64, "mirror-letters": 64}
 PRESETS = ("auto", "natural", "orientation_free", "none")
 
 
@@ -78,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=["elpv", "examples"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--datasets", nargs="+", choices=list(EXAMPLES), default=list(EXAMPLES))
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     if args.only in (None, "elpv"):
@@ -92,7 +96,8 @@ def main() -> None:
                 }
             )
     if args.only in (None, "examples"):
-        for dataset, size in EXAMPLES.items():
+        for dataset in args.datasets:
+            size = EXAMPLES[dataset]
             raw = ROOT / "data" / dataset
             if not raw.is_dir():
                 write_example(dataset, raw)

@@ -79,10 +79,12 @@ class AugmentParams(Section):
 
     ``preset`` decides the geometry (training/augment.py): ``natural`` horizontal flips (photos,
     anything with an up and a down), ``orientation_free`` all eight flips/quarter turns (solar
-    cells, microscopy, aerial images), ``none``; ``auto`` follows the data source. The same
-    preset drives the views the CPU path caches and the live augmentation of the full-network
-    path, so the two cannot contradict each other. The magnitudes below are the jitter of
-    ``natural`` and ``orientation_free`` on the full-network path (a cache cannot hold it).
+    cells, microscopy, aerial images), ``none``; ``auto`` follows the data: all eight views for
+    ELPV, and for an ImageFolder source the views a probe finds to keep each class
+    (training/orientation.py), which may be none of the named sets. The same preset drives the
+    views the CPU path caches and the live augmentation of the full-network path, so the two
+    cannot contradict each other. The magnitudes below are the jitter of every preset but
+    ``none`` on the full-network path (a cache cannot hold it).
     """
 
     preset: AugmentPreset = "auto"

@@ -60,10 +60,10 @@ def data_elpv(
 @data_app.command("example")
 @reports_errors
 def data_example(
-    name: str = typer.Argument(..., help="digits | digits-any-orientation | photo-orientation"),
+    name: str = typer.Argument(..., help="digits | digits-any-orientation | photo-orientation | mirror-letters"),
     dest: Path = typer.Option(..., help="new folder for the ImageFolder tree (<dest>/<class>/<n>.png)"),
     per_class: int | None = typer.Option(None, min=1, help="at most this many images per class"),
-    seed: int = typer.Option(0, help="seed for random crops and orientations"),
+    seed: int = typer.Option(0, help="seed for random crops, orientations and fonts"),
 ) -> None:
     """Write a small ImageFolder dataset made from images that installed packages ship (offline).
 

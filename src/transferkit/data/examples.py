@@ -4,7 +4,9 @@ They exist to try the "own images" path offline and to test what ELPV cannot sho
 orientation question: in ``digits`` a 6 turned upside down is a 9 and a mirrored 3 is not a 3;
 in ``digits-any-orientation`` every digit was captured in a random flip/quarter turn (as cells,
 specimens or aerial tiles are), so orientation carries no class information; in
-``photo-orientation`` the class *is* the orientation (upright or upside-down crops of photos).
+``photo-orientation`` the class *is* the orientation (upright or upside-down crops of photos);
+in ``mirror-letters`` the classes are mirror images of each other (b, d, p, q), as left and
+right parts are: a mirrored image passes for one of another class.
 """
 
 from __future__ import annotations
@@ -63,10 +65,39 @@ def photo_orientation(rng: np.random.Generator, count: int = 400, side: int = 64
         yield ("upside_down", crop[::-1, ::-1]) if i % 2 else ("upright", crop)
 
 
+def _fonts() -> list[Path]:
+    """The upright DejaVu faces matplotlib ships: slanted ones would show which way a mirror went,
+    and the Display faces hold no letters."""
+    import matplotlib
+
+    fonts = sorted((Path(matplotlib.get_data_path()) / "fonts" / "ttf").glob("DejaVu*.ttf"))
+    return [font for font in fonts if not any(word in font.name for word in ("Oblique", "Italic", "Display"))]
+
+
+def mirror_letters(rng: np.random.Generator, count: int = 800, side: int = 64) -> Labelled:
+    """b, d, p and q (each a left-right or up-down mirror of two others) in random upright fonts,
+    sizes, offsets and grey levels (200 of each)."""
+    from PIL import ImageDraw, ImageFont
+
+    fonts = _fonts()
+    for i in range(count):
+        letter = "bdpq"[i % 4]
+        font = ImageFont.truetype(
+            str(fonts[int(rng.integers(len(fonts)))]), int(rng.integers(side * 4 // 10, side * 7 // 10))
+        )
+        background = int(rng.integers(256))
+        ink = (background + int(rng.integers(96, 161))) % 256  # at least 96 grey levels apart
+        image = Image.new("L", (side, side), background)
+        x, y = (side / 2 + int(rng.integers(-side // 8, side // 8 + 1)) for _ in range(2))
+        ImageDraw.Draw(image).text((x, y), letter, font=font, fill=ink, anchor="mm")
+        yield letter, np.asarray(image)
+
+
 EXAMPLES: dict[str, Callable[[np.random.Generator], Labelled]] = {
     "digits": digits,
     "digits-any-orientation": digits_any_orientation,
     "photo-orientation": photo_orientation,
+    "mirror-letters": mirror_letters,
 }
 
 

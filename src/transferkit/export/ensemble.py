@@ -23,7 +23,7 @@ from torch import nn
 
 from transferkit.errors import ModelError
 from transferkit.inference import run_batched
-from transferkit.training.augment import PRESETS
+from transferkit.training.augment import preset_named
 from transferkit.training.checkpoint import checkpoint_temperature, load_checkpoint, model_from_checkpoint
 from transferkit.views import apply_view
 
@@ -94,7 +94,7 @@ def shared_cut(models: list[nn.Module], cuts: list[int]) -> int:
 def build_ensemble(members: list[Member], tta: bool) -> SharedTrunkEnsemble:
     models = [model_from_checkpoint(member.payload) for member in members]
     cut = shared_cut(models, [int(member.meta["cut"]) for member in members])
-    views = PRESETS[members[0].meta["augment_preset"]].views if tta else (0,)
+    views = preset_named(members[0].meta["augment_preset"]).views if tta else (0,)
     temperatures = [checkpoint_temperature(member.payload) for member in members]
     return SharedTrunkEnsemble(models, temperatures, cut, views).eval()
 

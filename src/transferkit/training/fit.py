@@ -37,7 +37,7 @@ from transferkit.training.compute import Compute
 from transferkit.training.distributed import World
 from transferkit.training.feature_cache import FeatureCache, compute_features, onnx_trunk, torch_trunk, trunk_onnx
 from transferkit.training.loop import Batches, EpochRecord, Trainer, class_weights, predict_logits
-from transferkit.training.orientation import PROBE_IMAGES, OrientationProbe, probe_orientation
+from transferkit.training.orientation import PROBE_IMAGES, ViewProbe, probe_features, probe_views
 from transferkit.training.strategies import cut_index
 
 LAST, BEST = "last.pt", "best.pt"
@@ -149,12 +149,12 @@ def build_batches(
     )
 
 
-def orientation(params: Params, prepared: PreparedData, model: ImageClassifier, threads: int) -> OrientationProbe:
-    """Run the orientation probe on a seeded sample of the training split (ONNX Runtime, CPU)."""
+def view_probe(params: Params, prepared: PreparedData, model: ImageClassifier, threads: int) -> ViewProbe:
+    """Run the view probe on a seeded sample of the training split (ONNX Runtime, CPU)."""
     train_idx = prepared.indices("train")
     sample = np.sort(np.random.default_rng(params.train.seed).permutation(train_idx)[:PROBE_IMAGES])
-    pooled = onnx_trunk(trunk_onnx(model, model.num_units, prepared.image_size), threads)
-    return probe_orientation(pooled, prepared.images_chw(sample), params.train.seed)
+    features = probe_features(model, prepared.image_size, threads)
+    return probe_views(features, prepared.images_chw(sample), prepared.labels(sample), params.train.seed)
 
 
 def resume(trainer: Trainer, model: ImageClassifier, last: Path, fingerprint: str) -> bool:
@@ -208,7 +208,7 @@ def fit(
     )
     cut = cut_index(params.train, model.num_units)
     preset, preset_choice = resolve_preset(
-        params.train.augment, prepared.meta["source"], lambda: orientation(params, prepared, model, threads)
+        params.train.augment, prepared.meta["source"], lambda: view_probe(params, prepared, model, threads)
     )
     console.print(f"augmentation preset {preset.name} ({preset_choice})", highlight=False)
     train_batches, val_batches = build_batches(params, prepared, model, cut, compute, threads, preset, world)

@@ -104,6 +104,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         reports = export_each(Path(folder), PRECISIONS)
         rows = choices(Path(reports["fp32"]["model"]))
+    for report in reports.values():
+        report.pop("model")  # a temp folder's path, gone with it
     write_results("operating_point", {"precisions": reports, "choices": rows}, table(reports, rows))
 
 

@@ -76,7 +76,7 @@ def _decision(metadata: dict[str, Any], metrics: dict[str, Any], gallery_png: st
         words = (
             f"{how}The score is the calibrated probability of {positive}. At the operating point alone "
             f"(flag at score >= {rule['threshold']:.3f}), of 1,000 {positive} cells about "
-            f"{_per_1000({**test['recall'], **_complement(test['recall'])})} pass unflagged, and about "
+            f"{_per_1000(_complement(test['recall']))} pass unflagged, and about "
             f"{_per_1000(test['false_alarm'])} of 1,000 {negative} cells are flagged.\n"
             f"With the review band (pass below {lower:.3f}, flag at or above {upper:.3f}, a person looks in between) "
             f"{_percent(test['review'])} of cells go to review; the model decides the rest at "
@@ -106,7 +106,7 @@ def _decision(metadata: dict[str, Any], metrics: dict[str, Any], gallery_png: st
 def _complement(figure: dict[str, Any]) -> dict[str, Any]:
     """1 - a rate, its interval flipped: recall's interval as a miss rate's."""
     if figure["value"] is None:
-        return {}
+        return figure
     return {"value": 1 - figure["value"], "low": 1 - figure["high"], "high": 1 - figure["low"]}
 
 

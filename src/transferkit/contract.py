@@ -21,8 +21,18 @@ OUTPUT_NAMES = ("logits", "probabilities")  # every model has these; a consumer 
 # ``decision``: int64 (batch,), an index into metadata ``decision.names`` (pass / flag / review);
 # ``heatmap``: float32 (batch, classes, h, w), class activation maps over the last feature map in
 # calibrated-logit units; summed over h and w they give ``logits`` (metadata ``heatmap``).
+# ``embedding``: float32 (batch, features), the pooled features the head sees;
+# ``ood_score``: float32 (batch,), how far the embedding is from the training split's (metadata
+# ``ood``: the method and the threshold above which an image counts as out of distribution; the
+# decision then says "review").
 DECISION_OUTPUT = "decision"
 HEATMAP_OUTPUT = "heatmap"
+EMBEDDING_OUTPUT = "embedding"
+OOD_OUTPUT = "ood_score"
+# Metadata key: what a server compares its recent traffic with to detect drift, measured on the
+# validation split: {"split": "val", "confidence": [...], "ood_score": [...]} (sorted samples; a
+# model without an ``ood_score`` output has only ``confidence``).
+DRIFT_REFERENCE = "drift_reference"
 METADATA_PREFIX = "transferkit."
 INPUT_CONTRACT = {"name": INPUT_NAME, "dtype": "uint8", "layout": "NCHW", "channels": "RGB", "range": [0, 255]}
 # Whatever the weights' precision, the graph takes uint8 images and returns fp32 tensors.

@@ -33,12 +33,10 @@ from transferkit.contract import (
     OUTPUT_NAMES,
     lineage,
 )
-from transferkit.decision import REVIEW
 from transferkit.errors import DataError, ModelError
 from transferkit.serving.batcher import Overloaded
 from transferkit.serving.metrics import RequestMetricsMiddleware
 from transferkit.serving.model_source import ServedModel
-from transferkit.serving.monitor import Record
 from transferkit.serving.onnx_model import Prediction as ModelPrediction
 from transferkit.serving.open_inference import (
     HEADER_LENGTH,
@@ -237,21 +235,9 @@ def _model_info(state: ServerState, model: ServedModel) -> dict[str, Any]:
 def _observe(
     state: ServerState, model: ServedModel, predictions: list[ModelPrediction], payloads: list[tuple[str, bytes]]
 ) -> None:
-    """Hand what the response computed to the monitor (it never blocks); an image's bytes go along only
-    when it is for the review queue."""
-    keep = state.monitor.keeps_review_images
-    state.monitor.observe(
-        Record(
-            model,
-            len(predictions),
-            predictions=predictions,
-            payloads=[
-                payload if keep and prediction.decision == REVIEW else None
-                for prediction, (_, payload) in zip(predictions, payloads, strict=True)
-            ],
-            filenames=[None if name == RAW_BODY else name for name, _ in payloads],
-        )
-    )
+    """Hand what the response computed to the monitor (it never blocks)."""
+    named = [(None if name == RAW_BODY else name, payload) for name, payload in payloads]
+    state.monitor.observe(model, predictions=predictions, payloads=named)
 
 
 def _v2_metadata(state: ServerState, model: ServedModel) -> dict[str, Any]:
@@ -457,9 +443,7 @@ def _add_v2_routes(app: FastAPI) -> None:
             payload, header_length = infer_response(infer_request, state.name, model.version, outputs)
             # Tensors have no image file: counted and tested for drift, never queued for review.
             named = (OUTPUT_NAMES[1], DECISION_OUTPUT, OOD_OUTPUT)
-            state.monitor.observe(
-                Record(model, len(images), outputs={key: outputs[key] for key in named if key in outputs})
-            )
+            state.monitor.observe(model, outputs={key: outputs[key] for key in named if key in outputs})
             if header_length is None:
                 return Response(payload, media_type="application/json")
             return Response(payload, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})

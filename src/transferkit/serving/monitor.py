@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,26 +40,25 @@ MAX_PENDING_PAYLOAD_BYTES = 64 * 2**20
 DRAIN = 256  # records processed between two drift tests
 
 
-@dataclass
+@dataclass(frozen=True)
 class Record:
-    """One request's classified images, as the response already computed them.
+    """One classified image, as the response already computed it.
 
-    ``predictions`` is None for a v2 infer (its response carries tensors, not names): the monitor
-    thread names the ``outputs`` then. ``payloads`` holds an image's original bytes only where it
-    goes to the review queue (None elsewhere, and always for tensors, which have no image file).
+    ``prediction`` is None for a v2 infer (its response carries tensors, not names): the monitor
+    thread names the image's ``outputs`` then. ``payload`` holds the original bytes only for an
+    image bound for the review queue (None elsewhere, and always for tensors: they have no file).
     """
 
     model: ServedModel
-    count: int
-    predictions: list[Prediction] | None = None
+    time: datetime
+    prediction: Prediction | None = None
     outputs: dict[str, np.ndarray] | None = None
-    payloads: list[bytes | None] = field(default_factory=list)
-    filenames: list[str | None] = field(default_factory=list)
-    time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    payload: bytes | None = None
+    filename: str | None = None
 
     @property
     def payload_bytes(self) -> int:
-        return sum(len(payload) for payload in self.payloads if payload is not None)
+        return 0 if self.payload is None else len(self.payload)
 
 
 class Monitor:
@@ -118,16 +117,43 @@ class Monitor:
             self._version, self._drift = model.version, window
             self._publish_drift()
 
-    @property
-    def keeps_review_images(self) -> bool:
-        return self.review_queue is not None
+    def observe(
+        self,
+        model: ServedModel,
+        predictions: list[Prediction] | None = None,
+        outputs: dict[str, np.ndarray] | None = None,
+        payloads: list[tuple[str | None, bytes]] | None = None,
+    ) -> None:
+        """Hand one record per image to the monitor thread, without ever blocking: a full queue drops
+        the record and counts it. ``predictions`` (v1) or ``outputs`` (v2 tensors) say what the model
+        answered; ``payloads`` are the images' (file name, bytes), kept only for review images."""
+        now = datetime.now(UTC)
+        if predictions is not None:
+            keep = self.review_queue is not None
+            named = payloads or [(None, b"")] * len(predictions)
+            records = [
+                Record(
+                    model,
+                    now,
+                    prediction,
+                    None,
+                    payload if keep and payload and prediction.decision == REVIEW else None,
+                    name,
+                )
+                for prediction, (name, payload) in zip(predictions, named, strict=True)
+            ]
+        else:
+            assert outputs is not None, "observe needs predictions or outputs"
+            count = len(next(iter(outputs.values())))
+            records = [Record(model, now, None, {k: v[i : i + 1] for k, v in outputs.items()}) for i in range(count)]
+        for record in records:
+            self._put(record)
 
-    def observe(self, record: Record) -> None:
-        """Hand ``record`` to the monitor thread; never blocks (a full queue drops and counts it)."""
+    def _put(self, record: Record) -> None:
         size = record.payload_bytes
         with self._lock:
             if size and self._pending_payload + size > MAX_PENDING_PAYLOAD_BYTES:
-                self._drop(record.count)
+                self._drop(1)
                 return
             self._pending_payload += size
         try:
@@ -135,7 +161,7 @@ class Monitor:
         except queue.Full:
             with self._lock:
                 self._pending_payload -= size
-                self._drop(record.count)
+                self._drop(1)
 
     def _drop(self, count: int) -> None:
         self.dropped += count
@@ -228,22 +254,17 @@ class Monitor:
                 self._queue.task_done()
 
     def _process(self, record: Record) -> None:
-        classifier = record.model.classifier
-        predictions = record.predictions
-        if predictions is None:
-            assert record.outputs is not None, "a record carries predictions or outputs"
-            predictions = classifier.labels(record.outputs)
-        payloads = record.payloads or [None] * len(predictions)
-        filenames = record.filenames or [None] * len(predictions)
-        for prediction, payload, filename in zip(predictions, payloads, filenames, strict=True):
-            self._count(record, prediction)
-            entry = self._entry(record, prediction, filename)
-            if self.prediction_log is not None:
-                self._write("prediction_log", self.prediction_log.write, entry)
-            if self.review_queue is not None and payload is not None and prediction.decision == REVIEW:
-                self._write("review_queue", self.review_queue.add, payload, entry)
-        with self._lock:
-            if self.review_queue is not None:
+        prediction = record.prediction
+        if prediction is None:
+            assert record.outputs is not None, "a record carries a prediction or outputs"
+            [prediction] = record.model.classifier.labels(record.outputs)
+        self._count(record, prediction)
+        entry = self._entry(record, prediction)
+        if self.prediction_log is not None:
+            self._write("prediction_log", self.prediction_log.write, entry)
+        if self.review_queue is not None and record.payload is not None:
+            self._write("review_queue", self.review_queue.add, record.payload, entry)
+            with self._lock:
                 self.metrics.review_queue_images.set(self.review_queue.count)
                 self.metrics.review_queue_bytes.set(self.review_queue.bytes)
 
@@ -266,12 +287,12 @@ class Monitor:
             if self._drift is not None and record.model.version == self._version:
                 self._drift.add(confidence, prediction.ood_score)
 
-    def _entry(self, record: Record, prediction: Prediction, filename: str | None) -> dict[str, Any]:
+    def _entry(self, record: Record, prediction: Prediction) -> dict[str, Any]:
         """One prediction-log line, also the review sidecar's content."""
         entry: dict[str, Any] = {
             "time": record.time.isoformat(timespec="microseconds"),
             "model": {"name": self.name, "version": record.model.version},
-            "file": None if filename is None else filename[:255],
+            "file": None if record.filename is None else record.filename[:255],
             "label": prediction.label,
             "probabilities": prediction.probabilities,
             "decision": prediction.decision,

@@ -198,7 +198,7 @@ class Monitor:
                 },
                 "dropped": self.dropped,
                 "errors": dict(self.errors),
-                "queued": self._queue.qsize(),
+                "pending": self._queue.unfinished_tasks,  # records queued or being written
             }
         if log_ is not None:
             with contextlib.suppress(OSError):  # an unreadable folder: counted where the writes fail

@@ -71,10 +71,16 @@ class ServeSettings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _window_holds_min_samples(self) -> ServeSettings:
+    def _monitoring_is_consistent(self) -> ServeSettings:
         if self.drift_min_samples > self.drift_window:
             raise ValueError(
                 f"drift_min_samples ({self.drift_min_samples}) cannot exceed drift_window ({self.drift_window})"
+            )
+        if self.monitor_dir is not None and self.workers > 1:
+            # Each worker process keeps its own caps: several writing one folder would overrun them.
+            raise ValueError(
+                f"monitor_dir needs workers=1 (got {self.workers}): every worker would write the same files; "
+                "run one worker per process or container, each with its own monitor_dir"
             )
         return self
 

@@ -6,7 +6,8 @@ validation split at export (metadata ``drift_reference``) by a two-sample Kolmog
 (``scipy.stats.ks_2samp``): distribution-free, and it needs nothing but the two samples. Drift is
 detected once the window holds ``min_samples`` images and the p-value falls below ``alpha``.
 
-Not thread-safe on its own: the monitor (serving/monitor.py) holds its lock around every call.
+Not thread-safe on its own: the monitor (serving/monitor.py) holds its lock around every call
+but ``compare``, the test itself, which it runs outside the lock.
 """
 
 from __future__ import annotations
@@ -91,16 +92,31 @@ class DriftWindow:
             self._window.append(float(value))
             self._stale = True
 
-    def test(self) -> None:
-        """Rerun the test on the window as it is now (the monitor calls this once per burst, not per image)."""
+    def sample(self) -> np.ndarray | None:
+        """A copy of the window to test when it changed since the last test and holds enough images;
+        None otherwise. Taken under the monitor's lock; the test itself runs outside it."""
         if not self._stale:
-            return
+            return None
         self._stale = False
         if self.reference.sample is None or len(self._window) < self.min_samples:
             self._statistic = self._p_value = None
-            return
-        result = ks_2samp(np.fromiter(self._window, np.float64), self.reference.sample)
-        self._statistic, self._p_value = float(result.statistic), float(result.pvalue)
+            return None
+        return np.fromiter(self._window, np.float64)
+
+    def compare(self, sample: np.ndarray) -> tuple[float, float]:
+        """The test of ``sample`` against the reference: (statistic, p-value). Needs no lock."""
+        assert self.reference.sample is not None, "sample() returns None without a reference"
+        result = ks_2samp(sample, self.reference.sample)
+        return float(result.statistic), float(result.pvalue)
+
+    def record(self, statistic: float, p_value: float) -> None:
+        self._statistic, self._p_value = statistic, p_value
+
+    def test(self) -> None:
+        """Rerun the test on the window as it is now (when it changed and holds enough images)."""
+        sample = self.sample()
+        if sample is not None:
+            self.record(*self.compare(sample))
 
     def status(self) -> DriftStatus:
         reason = self.reference.problem

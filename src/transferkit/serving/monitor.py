@@ -69,9 +69,11 @@ class Monitor:
         self.metrics = metrics
         self.name = name
         self._queue: queue.Queue[Record] = queue.Queue(maxsize=settings.monitor_queue)
-        self._lock = threading.Lock()  # guards everything below that both threads read
+        # Requests take only ``_intake`` (held for an addition); the thread's bookkeeping takes ``_lock``.
+        self._intake = threading.Lock()
         self._pending_payload = 0
         self.dropped = 0
+        self._lock = threading.Lock()  # guards everything below that both threads read
         self.errors = dict.fromkeys(WRITES, 0)
         self._failing: set[str] = set()  # kinds whose failure is logged already
         self.total = 0
@@ -151,7 +153,7 @@ class Monitor:
 
     def _put(self, record: Record) -> None:
         size = record.payload_bytes
-        with self._lock:
+        with self._intake:
             if size and self._pending_payload + size > MAX_PENDING_PAYLOAD_BYTES:
                 self._drop(1)
                 return
@@ -159,7 +161,7 @@ class Monitor:
         try:
             self._queue.put_nowait(record)
         except queue.Full:
-            with self._lock:
+            with self._intake:
                 self._pending_payload -= size
                 self._drop(1)
 
@@ -220,10 +222,6 @@ class Monitor:
         if self.prediction_log is not None:
             self.prediction_log.close()
 
-    def idle(self) -> bool:
-        """Nothing queued or in progress (tests and shutdown wait for this)."""
-        return self._queue.unfinished_tasks == 0
-
     def _run(self) -> None:
         while True:
             try:
@@ -244,12 +242,9 @@ class Monitor:
                 except Exception:  # a bug here must not end monitoring, nor reach a request
                     log.exception("monitoring record failed")
                 finally:
-                    with self._lock:
+                    with self._intake:
                         self._pending_payload -= record.payload_bytes
-            with self._lock:
-                if self._drift is not None:
-                    self._drift.test()
-                self._publish_drift()
+            self._test_drift()
             for _ in burst:
                 self._queue.task_done()
 
@@ -319,6 +314,18 @@ class Monitor:
             with self._lock:
                 self._failing.discard(what)
             log.warning("monitoring: %s writes work again", what)
+
+    def _test_drift(self) -> None:
+        """The KS test on the window as it is now, run outside the lock (it takes milliseconds)."""
+        with self._lock:
+            drift = self._drift
+            sample = None if drift is None else drift.sample()
+        if drift is not None and sample is not None:
+            result = drift.compare(sample)
+            with self._lock:
+                drift.record(*result)  # a window replaced meanwhile (a reload) is no longer shown
+        with self._lock:
+            self._publish_drift()
 
     def _publish_drift(self) -> None:
         """The drift gauges from the current window (NaN while there is no result)."""

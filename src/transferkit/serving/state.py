@@ -20,6 +20,7 @@ from transferkit.serving.batcher import DynamicBatcher
 from transferkit.serving.explanation import overlay_png
 from transferkit.serving.metrics import ServerMetrics
 from transferkit.serving.model_source import ServedModel, Source, inference_parallelism, load_model, source_from
+from transferkit.serving.monitor import Monitor
 from transferkit.serving.settings import ServeSettings, admin_token
 
 log = logging.getLogger("transferkit.serving")
@@ -43,6 +44,7 @@ class ServerState:
             settings.max_batch_size, settings.max_delay_ms, settings.max_queue, workers, self.metrics
         )
         self.admin_token = admin_token()
+        self.monitor = Monitor(settings, self.metrics, self.name)
         self._model = model
         self._decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._reload_lock = asyncio.Lock()
@@ -59,6 +61,8 @@ class ServerState:
         if self._model is None:
             self._model = await asyncio.to_thread(load_model, self.source, self.settings)
         self.metrics.serving(self.name, self.model.version)
+        self.monitor.serve(self.model)
+        self.monitor.start()
         self.batcher.start()
         if self.settings.reload_interval_s > 0:
             self._poller = asyncio.get_running_loop().create_task(self._poll(), name="model-poller")
@@ -72,6 +76,7 @@ class ServerState:
             await asyncio.gather(self._poller, return_exceptions=True)
         await self.batcher.stop()
         self._decoders.shutdown(wait=True)
+        await asyncio.to_thread(self.monitor.stop)
 
     async def preprocess(self, model: ServedModel, payload: bytes) -> np.ndarray:
         """Decode and resize off the event loop, exactly as the model's metadata says."""
@@ -114,6 +119,7 @@ class ServerState:
             self._rejected_fingerprint = None
             self.metrics.reloads.labels(outcome="loaded").inc()
             self.metrics.serving(self.name, candidate.version)
+            self.monitor.serve(candidate)  # drift starts over against the new model's reference
             log.info("now serving %s %s (was %s)", self.name, candidate.version, previous.version)
             return ReloadOutcome(True, candidate.version, previous.version)
 

@@ -8,7 +8,6 @@ uniform noise the shifted one. Expected numbers come from scipy and decision.py,
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -22,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from scipy.stats import ks_2samp
 
-from tests.helpers import ADMIN_TOKEN, CLASSES, IMAGE_SIZE, RULE, metric
+from tests.helpers import ADMIN_TOKEN, CLASSES, IMAGE_SIZE, RULE, export_model, metric
 from transferkit.contract import DECISION_OUTPUT, DRIFT_REFERENCE, METADATA_PREFIX, OOD_OUTPUT, read_metadata
-from transferkit.decision import NEAR_THRESHOLD, OUT_OF_DISTRIBUTION
+from transferkit.decision import NEAR_THRESHOLD, OUT_OF_DISTRIBUTION, DecisionRule
 from transferkit.serving.onnx_model import OnnxClassifier
 
 OOD_THRESHOLD = 0.35  # on 1 - top probability: the test models' stand-in ood_score
@@ -42,24 +40,6 @@ def with_metadata(source: Path, dest: Path, **values: object) -> Path:
     del proto.metadata_props[:]
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(dest))
-    return dest
-
-
-def with_ood_output(source: Path, dest: Path) -> Path:
-    """``source`` plus an ``ood_score`` output from standard operators (1 - top probability): until the
-    exporter writes the real one, a graph output of the contract's name, shape and type."""
-    proto = onnx.load(str(source))
-    graph = proto.graph
-    graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), "ood_one"))
-    graph.node.extend(
-        [
-            helper.make_node("ReduceMax", ["probabilities"], ["ood_top"], axes=[1], keepdims=0),
-            helper.make_node("Sub", ["ood_one", "ood_top"], [OOD_OUTPUT]),
-        ]
-    )
-    graph.output.append(helper.make_tensor_value_info(OOD_OUTPUT, TensorProto.FLOAT, ["batch"]))
-    onnx.checker.check_model(proto)
     onnx.save(proto, str(dest))
     return dest
 
@@ -85,25 +65,11 @@ def model_drift(model_rule: Path, reference_confidences: list[float]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_ood(model_rule: Path, reference_confidences: list[float]) -> Path:
-    """model_rule with an ood_score output, an OOD threshold in its rule and a reference for both."""
-    path = with_ood_output(model_rule, model_rule.with_name("model-ood.onnx"))
-    metadata = read_metadata(path)
-    rule = dataclasses.replace(RULE, ood_threshold=OOD_THRESHOLD)
-    reference = {
-        "split": "val",
-        "confidence": reference_confidences,
-        OOD_OUTPUT: sorted(float(np.float32(1) - np.float32(c)) for c in reference_confidences),
-    }
-    return with_metadata(
-        path,
-        path,
-        **{
-            DECISION_OUTPUT: rule.as_metadata(CLASSES),
-            "outputs": [*metadata["outputs"], OOD_OUTPUT],
-            DRIFT_REFERENCE: reference,
-        },
-    )
+def model_ood(tmp_path_factory: pytest.TempPathFactory, elpv_images: list[Path]) -> Path:
+    """The real exporter's embedding and ood_score outputs: a reference fitted on half the ELPV
+    subset, its threshold and drift reference measured on a quarter (the last quarter is left)."""
+    path = tmp_path_factory.mktemp("models") / "ood" / "model.onnx"
+    return export_model(path, head_seed=0, rule=RULE, ood_images=(elpv_images[0::2], elpv_images[1::4]))
 
 
 def noise_png(rng: np.random.Generator) -> bytes:
@@ -188,17 +154,24 @@ def test_an_ood_score_output_is_answered_watched_and_named_as_the_reason(
     serve, model_ood: Path, elpv_images: list[Path]
 ) -> None:
     client = serve(model_ood, drift_window=40, drift_min_samples=20)
-    entries = post_all(client, [(path.name, path.read_bytes()) for path in elpv_images[1::2][:40]])
+    rule = DecisionRule.from_metadata(read_metadata(model_ood)[DECISION_OUTPUT], CLASSES)
+    cells = post_all(client, [(path.name, path.read_bytes()) for path in elpv_images[3::4]])
+    body = settled(client, len(cells))
+    assert body["drift"]["on"] == OOD_OUTPUT and body["drift"]["window"] == len(cells)
+    assert not body["drift"]["detected"], body["drift"]  # held-out cells look like the reference's
+    rng = np.random.default_rng(0)
+    noise = post_all(client, [(f"noise{i}.png", noise_png(rng)) for i in range(10)])
+    entries = cells + noise
     scores = np.array([entry["ood_score"] for entry in entries])
-    assert np.allclose(scores, 1 - probabilities(entries).max(1), atol=1e-6)
-    rule = dataclasses.replace(RULE, ood_threshold=OOD_THRESHOLD)
     codes = np.array([rule.names.index(entry["decision"]) for entry in entries])
+    np.testing.assert_array_equal(codes, rule.decide(probabilities(entries), scores))  # the graph's twin
     reasons = [entry["reason"] for entry in entries]
-    assert reasons == rule.reasons(codes, scores) and OUT_OF_DISTRIBUTION in reasons
-    body = settled(client, 40)
-    assert body["drift"]["on"] == OOD_OUTPUT and body["drift"]["window"] == 40 and not body["drift"]["detected"]
+    assert reasons == rule.reasons(codes, scores)
+    assert reasons[len(cells) :] == [OUT_OF_DISTRIBUTION] * len(noise)  # noise is unlike any cell
+    assert (scores[len(cells) :] > rule.ood_threshold).all()
+    body = settled(client, len(entries))
     assert body["predictions"]["by_reason"] == dict(Counter(r for r in reasons if r is not None))
-    assert metric(client, "transferkit_ood_score_count") == 40
+    assert metric(client, "transferkit_ood_score_count") == len(entries)
     assert metric(client, "transferkit_ood_score_sum") == pytest.approx(scores.sum(), rel=1e-5)
 
 

@@ -19,7 +19,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 # ood_score's scale depends on the method the export used (metadata ``ood``), so the buckets are
 # geometric over a wide range rather than tuned to one model: a reload must not need new buckets.
-OOD_BUCKETS = tuple(2.0**k for k in range(-6, 11))
+OOD_BUCKETS = tuple(2.0**k for k in range(-8, 17))  # knn: 0..2; mahalanobis: squared, in the thousands
 disable_created_metrics()  # the *_created series only add noise to every scrape
 
 

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 from scipy.stats import ks_2samp
 
-from tests.helpers import ADMIN_TOKEN, CLASSES, IMAGE_SIZE, RULE, export_model, metric
+from tests.helpers import ADMIN_TOKEN, CLASSES, IMAGE_SIZE, metric
 from transferkit.contract import DECISION_OUTPUT, DRIFT_REFERENCE, METADATA_PREFIX, OOD_OUTPUT, read_metadata
 from transferkit.decision import NEAR_THRESHOLD, OUT_OF_DISTRIBUTION, DecisionRule
 from transferkit.serving.onnx_model import OnnxClassifier
@@ -62,14 +62,6 @@ def model_drift(model_rule: Path, reference_confidences: list[float]) -> Path:
     """model_rule with a drift reference (confidence only: it has no ood_score output)."""
     reference = {"split": "val", "confidence": reference_confidences}
     return with_metadata(model_rule, model_rule.with_name("model-drift.onnx"), **{DRIFT_REFERENCE: reference})
-
-
-@pytest.fixture(scope="module")
-def model_ood(tmp_path_factory: pytest.TempPathFactory, elpv_images: list[Path]) -> Path:
-    """The real exporter's embedding and ood_score outputs: a reference fitted on half the ELPV
-    subset, its threshold and drift reference measured on a quarter (the last quarter is left)."""
-    path = tmp_path_factory.mktemp("models") / "ood" / "model.onnx"
-    return export_model(path, head_seed=0, rule=RULE, ood_images=(elpv_images[0::2], elpv_images[1::4]))
 
 
 def noise_png(rng: np.random.Generator) -> bytes:

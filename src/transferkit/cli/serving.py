@@ -123,7 +123,7 @@ def serve(
     host: str | None = typer.Option(None, help="bind address [127.0.0.1]"),
     port: int | None = typer.Option(None, help="port [8000]"),
     workers: int | None = typer.Option(None, help="worker processes, one ONNX Runtime session each [1]"),
-    max_batch_size: int | None = typer.Option(None, help="images per ONNX Runtime call; 1 disables batching [8]"),
+    max_batch_size: int | None = typer.Option(None, help="images per ONNX Runtime call; 1: no batching [0: probe]"),
     max_delay_ms: float | None = typer.Option(None, help="ms a batch may wait to fill; 0 = take what is queued [0]"),
     registry_root: Path | None = typer.Option(None, help="registry folder for registry:NAME [models/registry]"),
     model_name: str | None = typer.Option(None, help="name under /v2/models [registry name or file stem]"),

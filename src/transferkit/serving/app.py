@@ -228,6 +228,7 @@ def _model_info(state: ServerState, model: ServedModel) -> dict[str, Any]:
         "sha256": classifier.sha256,
         "source": state.source.describe(),
         "providers": classifier.providers,
+        "batching": state.batch_probe,
         "loaded_at": model.loaded_at,
     }
 

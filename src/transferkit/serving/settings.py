@@ -40,9 +40,11 @@ class ServeSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, description="uvicorn worker processes, one ONNX Runtime session each")
-    # Defaults measured on the CPU (docs/benchmarks.md): batches of what is already waiting, up to 8,
-    # beat both no batching and bigger or delayed batches on throughput and p99. On a GPU, raise both.
-    max_batch_size: int = Field(8, ge=1, description="images per ONNX Runtime call (1 disables batching)")
+    # 0 measures it at start-up (serving/batch_probe.py): on the 2-core CPU one image per call won,
+    # a GPU wants big batches. Batches take what is already waiting (max_delay_ms 0).
+    max_batch_size: int = Field(
+        0, ge=0, description="images per ONNX Runtime call (0: probe at start-up; 1 disables batching)"
+    )
     max_delay_ms: float = Field(0.0, ge=0, description="how long a batch may wait to fill (0: take what is queued)")
     max_queue: int = Field(256, ge=1, description="images waiting for inference before 503 + Retry-After")
     max_body_bytes: int = Field(20 * 2**20, ge=1024, description="request body limit (413 above it)")

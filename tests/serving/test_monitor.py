@@ -147,6 +147,7 @@ def test_an_ood_score_output_is_answered_watched_and_named_as_the_reason(
 ) -> None:
     client = serve(model_ood, drift_window=40, drift_min_samples=20)
     rule = DecisionRule.from_metadata(read_metadata(model_ood)[DECISION_OUTPUT], CLASSES)
+    assert client.get("/v1/model").json()["ood"] == read_metadata(model_ood)["ood"]
     cells = post_all(client, [(path.name, path.read_bytes()) for path in elpv_images[3::4]])
     body = settled(client, len(cells))
     assert body["drift"]["on"] == OOD_OUTPUT and body["drift"]["window"] == len(cells)

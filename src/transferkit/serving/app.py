@@ -29,6 +29,7 @@ from transferkit.contract import (
     HEATMAP_OUTPUT,
     INPUT_CONTRACT,
     INPUT_NAME,
+    OOD_KEY,
     OOD_OUTPUT,
     OUTPUT_NAMES,
     lineage,
@@ -224,6 +225,7 @@ def _model_info(state: ServerState, model: ServedModel) -> dict[str, Any]:
             for key in (DECISION_OUTPUT, HEATMAP_OUTPUT)
             if key in classifier.output_names and key in metadata
         },
+        **({OOD_KEY: metadata[OOD_KEY]} if OOD_OUTPUT in classifier.output_names and OOD_KEY in metadata else {}),
         "lineage": {**lineage(metadata), **model.lineage},
         "sha256": classifier.sha256,
         "source": state.source.describe(),

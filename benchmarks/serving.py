@@ -2,8 +2,10 @@
 
 One run measures, on the same real ELPV cells: raw ONNX Runtime at several batch sizes (inputs
 already decoded), PyTorch eager on the same model, then a real `transferkit serve` on loopback
-driven by an async httpx load generator at each concurrency level, once with dynamic batching
-and once without (max_batch_size 1). Raw ORT is measured before and after the server runs and
+driven by an async aiohttp load generator at each concurrency level, four times: with the batch
+size the server probes at start-up and monitoring off, the same with monitoring on (counts, drift,
+prediction log and review queue in a temp folder), and monitoring on at a fixed max_batch_size
+(8) and at 1, with each server's RSS. Raw ORT is measured before and after the servers run and
 averaged, so the served/raw ratio is taken side by side on a noisy machine. The load generator
 runs on the same machine and takes CPU from the server: the served figures are a lower bound.
 
@@ -22,6 +24,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +33,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import psutil
 import torch
 
 from results import write_results
@@ -105,10 +109,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model: Path, device: str, max_batch_size: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(model: Path, device: str, options: list[str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     args = [sys.executable, "-m", "transferkit.cli", "serve", "--model", str(model), "--device", device]
-    args += ["--port", str(port), "--max-batch-size", str(max_batch_size), "--reload-interval-s", "0"]
+    args += ["--port", str(port), "--reload-interval-s", "0", *options]
     server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     with ServingClient(url) as client:
@@ -154,10 +158,17 @@ async def load(url: str, payloads: list[bytes], clients: int, seconds: float) ->
     }
 
 
-def served(model: Path, device: str, max_batch_size: int, payloads: list[bytes], levels: list[int], seconds: float):
-    server, url = start_server(model, device, max_batch_size)
+def served(
+    model: Path, device: str, options: list[str], payloads: list[bytes], levels: list[int], seconds: float
+) -> dict[str, Any]:
+    """One server with ``options`` at each client level, the batch size it chose and its peak RSS."""
+    server, url = start_server(model, device, options)
     try:
-        return {clients: asyncio.run(load(url, payloads, clients, seconds)) for clients in levels}
+        by_clients = {clients: asyncio.run(load(url, payloads, clients, seconds)) for clients in levels}
+        with ServingClient(url) as client:
+            batching = client.model()["batching"]
+        rss = psutil.Process(server.pid).memory_info().rss / 2**20
+        return {"clients": by_clients, "batching": batching, "rss_mb": rss}
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -172,7 +183,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32])
-    parser.add_argument("--max-batch-size", type=int, default=8, help="the server's, with batching on")
+    parser.add_argument("--fixed-batch", type=int, default=8, help="a fixed max_batch_size to compare the probe with")
     args = parser.parse_args()
 
     files = sorted((package_data_dir() / "images").glob("*.png"))[: args.images]
@@ -184,8 +195,18 @@ def main() -> None:
 
     ort_before = raw_ort(args.model, args.device, images, args.batch_sizes, args.duration)
     eager = pytorch_eager(args.checkpoint, images, args.batch_sizes, args.duration, args.device)
-    batched = served(args.model, args.device, args.max_batch_size, payloads, args.clients, args.duration)
-    unbatched = served(args.model, args.device, 1, payloads, args.clients, args.duration)
+    with tempfile.TemporaryDirectory(prefix="transferkit-bench-monitor-") as monitor_dir:
+        on = ["--monitor-dir", monitor_dir]
+        configs = {
+            "probed, monitoring off": ["--no-monitor"],
+            "probed, monitoring on": on,
+            f"max batch {args.fixed_batch}, monitoring on": [*on, "--max-batch-size", str(args.fixed_batch)],
+            "max batch 1, monitoring on": [*on, "--max-batch-size", "1"],
+        }
+        servers = {
+            name: served(args.model, args.device, options, payloads, args.clients, args.duration)
+            for name, options in configs.items()
+        }
     ort_after = raw_ort(args.model, args.device, images, args.batch_sizes, args.duration)
     ort = {
         config: {size: (ort_before[config][size] + ort_after[config][size]) / 2 for size in args.batch_sizes}
@@ -194,20 +215,28 @@ def main() -> None:
 
     best_ort = max(max(by_size.values()) for by_size in ort.values())
     best_eager = max(eager.values())
-    at32 = batched.get(32, batched[max(batched)])
+    off, monitored = servers["probed, monitoring off"], servers["probed, monitoring on"]
+    at32 = monitored["clients"].get(32, monitored["clients"][max(monitored["clients"])])
+
+    def cost(clients: int) -> float | None:
+        if clients not in off["clients"]:
+            return None
+        return 1 - monitored["clients"][clients]["requests_per_s"] / off["clients"][clients]["requests_per_s"]
+
     result: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": args.device},
         "model": str(args.model),
         "image_size": classifier.image_size,
         "duration_s": args.duration,
-        "max_batch_size": args.max_batch_size,
         "decode_resize_img_per_s": decode,
         "raw_ort_img_per_s": ort,
         "raw_ort_before_after": {"before": ort_before, "after": ort_after},
         "pytorch_eager_img_per_s": eager,
-        "served_batching_on": batched,
-        "served_batching_off": unbatched,
+        "served": servers,
         "ratios": {
+            "monitoring_throughput_cost_8_clients": cost(8),
+            "monitoring_throughput_cost_32_clients": cost(32),
+            "monitoring_rss_mb": monitored["rss_mb"] - off["rss_mb"],
             "ort_best_over_eager_best": best_ort / best_eager,
             "served_32_clients_over_raw_ort_best": at32["requests_per_s"] / best_ort,
             "served_32_clients_over_raw_ort_plus_decode": at32["requests_per_s"] * (1 / best_ort + 1 / decode),
@@ -227,19 +256,39 @@ def main() -> None:
         ),
         "| PyTorch eager, img/s | " + " | ".join(f"{eager[s]:.1f}" for s in args.batch_sizes) + " |",
         "",
-        "| clients | batching on: req/s | p50 ms | p99 ms | batching off: req/s | p50 ms | p99 ms |",
-        "|---|---|---|---|---|---|---|",
+        "| server | batch (probe) | RSS MiB | "
+        + " | ".join(f"{c} clients: req/s, p50 / p99 ms" for c in args.clients)
+        + " |",
+        "|---|---|---|" + "---|" * len(args.clients),
     ]
-    for clients in args.clients:
-        on, off = batched[clients], unbatched[clients]
+    for name, found in servers.items():
+        cells = [
+            f"{r['requests_per_s']:.1f}, {r['p50_ms']:.0f} / {r['p99_ms']:.0f}"
+            for r in (found["clients"][c] for c in args.clients)
+        ]
+        rates = found["batching"].get("images_per_second")
+        probe = f" ({', '.join(f'{k}: {v:.0f}' for k, v in rates.items())} img/s)" if rates else ""
         lines.append(
-            f"| {clients} | {on['requests_per_s']:.1f} | {on['p50_ms']:.0f} | {on['p99_ms']:.0f} | "
-            f"{off['requests_per_s']:.1f} | {off['p50_ms']:.0f} | {off['p99_ms']:.0f} |"
+            f"| {name} | {found['batching']['max_batch_size']}{probe} | {found['rss_mb']:.0f} | "
+            + " | ".join(cells)
+            + " |"
         )
+    ratios = result["ratios"]
+    lines += [
+        "",
+        "Monitoring on (counts, drift, prediction log, review queue) costs "
+        + ", ".join(
+            f"{ratios[f'monitoring_throughput_cost_{c}_clients']:.1%} of throughput at {c} clients"
+            for c in (8, 32)
+            if ratios[f"monitoring_throughput_cost_{c}_clients"] is not None
+        )
+        + f" and {ratios['monitoring_rss_mb']:.0f} MiB of RSS.",
+    ]
     lines += [
         "",
         f"Ratios: best raw ORT / best PyTorch eager = {result['ratios']['ort_best_over_eager_best']:.2f}; "
-        f"served at 32 clients / best raw ORT = {result['ratios']['served_32_clients_over_raw_ort_best']:.2f} "
+        f"served at 32 clients (probed, monitoring on) / best raw ORT = "
+        f"{result['ratios']['served_32_clients_over_raw_ort_best']:.2f} "
         f"({result['ratios']['served_32_clients_over_raw_ort_plus_decode']:.2f} against ORT plus the decoding it "
         f"does not do). Decode + resize alone: {decode:.0f} img/s on one thread.",
     ]

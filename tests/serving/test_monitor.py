@@ -302,3 +302,11 @@ def test_a_tiny_queue_drops_and_counts_without_failing_a_request(serve, model_ru
     body = settled(client, sent)
     assert body["dropped"] > 0 and body["predictions"]["total"] + body["dropped"] == sent
     assert metric(client, "transferkit_monitor_dropped_total") == body["dropped"]
+
+
+def test_monitoring_turned_off_records_nothing_and_says_so(serve, model_rule: Path, cells: list[Path]) -> None:
+    client = serve(model_rule, monitor=False)
+    assert len(post_all(client, [(c.name, c.read_bytes()) for c in cells])) == len(cells)
+    body = client.get("/v1/monitor").json()
+    assert body["enabled"] is False and body["predictions"]["total"] == 0 and body["dropped"] == 0
+    assert metric(client, "transferkit_top_probability_count") == 0

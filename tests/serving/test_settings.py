@@ -26,8 +26,17 @@ def test_flags_override_environment_and_none_means_not_given(monkeypatch: pytest
         ({"model": "m.onnx", "drift_min_samples": 300}, {}, "drift_min_samples \\(300\\) cannot exceed drift_window"),
         ({"model": "m.onnx"}, {"TRANSFERKIT_SERVE_DRIFT_ALPHA": "1.5"}, "drift_alpha"),
         ({"model": "m.onnx", "monitor_dir": "mon", "workers": 2}, {}, "monitor_dir needs workers=1"),
+        ({"model": "m.onnx", "monitor_dir": "mon", "monitor": False}, {}, "turn monitor back on"),
     ],
-    ids=["negative-batch", "unknown-device", "no-model", "window-under-min-samples", "alpha-over-one", "shared-dir"],
+    ids=[
+        "negative-batch",
+        "unknown-device",
+        "no-model",
+        "window-under-min-samples",
+        "alpha-over-one",
+        "shared-dir",
+        "dir-without-monitor",
+    ],
 )
 def test_bad_settings_name_the_setting(monkeypatch: pytest.MonkeyPatch, flags: dict, env: dict, message: str) -> None:
     monkeypatch.delenv("TRANSFERKIT_SERVE_MODEL", raising=False)

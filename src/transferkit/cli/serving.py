@@ -130,6 +130,7 @@ def serve(
     tensorrt: bool | None = typer.Option(None, "--tensorrt/--no-tensorrt", help="TensorRT before CUDA [off]"),
     variant: str | None = typer.Option(None, help="with registry:NAME, a precision variant such as int8 [main model]"),
     reload_interval_s: float | None = typer.Option(None, help="poll for a new production model; 0 = never [5]"),
+    monitor: bool | None = typer.Option(None, "--monitor/--no-monitor", help="count answers, test drift [on]"),
     monitor_dir: Path | None = typer.Option(
         None, help="folder for predictions.jsonl and review/ [none: counts and drift only]"
     ),
@@ -164,6 +165,7 @@ def serve(
         tensorrt=tensorrt,
         variant=variant,
         reload_interval_s=reload_interval_s,
+        monitor=monitor,
         monitor_dir=monitor_dir,
         prediction_log_max_bytes=prediction_log_max_bytes,
         review_queue_max_images=review_queue_max_images,

@@ -129,6 +129,8 @@ class Monitor:
         """Hand one record per image to the monitor thread, without ever blocking: a full queue drops
         the record and counts it. ``predictions`` (v1) or ``outputs`` (v2 tensors) say what the model
         answered; ``payloads`` are the images' (file name, bytes), kept only for review images."""
+        if not self.settings.monitor:
+            return
         now = datetime.now(UTC)
         if predictions is not None:
             keep = self.review_queue is not None
@@ -175,6 +177,7 @@ class Monitor:
             drift = self._drift.status().as_json() if self._drift is not None else None
             review, log_ = self.review_queue, self.prediction_log
             body = {
+                "enabled": self.settings.monitor,
                 "model": {"name": self.name, "version": self._version},
                 "drift": drift,
                 "predictions": {

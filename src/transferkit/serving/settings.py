@@ -53,7 +53,8 @@ class ServeSettings(BaseSettings):
     decode_threads: int = Field(4, ge=1, description="threads decoding and resizing images off the event loop")
     reload_interval_s: float = Field(5.0, ge=0, description="poll for a new production model (0: never)")
     graceful_timeout_s: float = Field(30.0, ge=0, description="on shutdown, wait this long for in-flight requests")
-    # Monitoring (serving/monitor.py): counts and drift always; files only with monitor_dir.
+    # Monitoring (serving/monitor.py): counts and drift unless monitor is false; files only with monitor_dir.
+    monitor: bool = Field(True, description="count answers and test drift (false: no monitoring at all)")
     monitor_dir: Path | None = Field(
         None, description="folder for predictions.jsonl and review/ (default: counts and drift only, no files)"
     )
@@ -78,6 +79,8 @@ class ServeSettings(BaseSettings):
             raise ValueError(
                 f"drift_min_samples ({self.drift_min_samples}) cannot exceed drift_window ({self.drift_window})"
             )
+        if self.monitor_dir is not None and not self.monitor:
+            raise ValueError("monitor_dir writes what the monitor sees: drop it or turn monitor back on")
         if self.monitor_dir is not None and self.workers > 1:
             # Each worker process keeps its own caps: several writing one folder would overrun them.
             raise ValueError(

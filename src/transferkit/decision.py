@@ -97,9 +97,8 @@ class DecisionRule:
             "score": "sum of the positive classes' probabilities" if self.positive else "top-class probability",
             "threshold": self.threshold,
             "review_band": [self.lower, self.upper],
-            "review_reasons": [OUT_OF_DISTRIBUTION] * (self.ood_threshold is not None) + [
-                NEAR_THRESHOLD if self.positive else LOW_CONFIDENCE
-            ],
+            "review_reasons": [OUT_OF_DISTRIBUTION] * (self.ood_threshold is not None)
+            + [NEAR_THRESHOLD if self.positive else LOW_CONFIDENCE],
         }
         if self.ood_threshold is not None:
             described["out_of_distribution"] = {"output": OOD_OUTPUT, "above": self.ood_threshold, "decision": REVIEW}

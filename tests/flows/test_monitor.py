@@ -237,9 +237,9 @@ def test_emitted_events_reach_the_prefect_server_with_their_resource_and_payload
 
 @pytest.fixture(scope="module")
 def nightly_retrain(tmp_path_factory: pytest.TempPathFactory, harness) -> Iterator[str]:
-    """`nightly-retrain` deployed into the session's Prefect server by `prefect deploy`, from the
-    project's prefect.yaml and flows committed in a throw-away git repository (its build steps read
-    git); yields the deployment id. No worker: its runs stay Scheduled."""
+    """`nightly-retrain` and `monitor` deployed into the session's Prefect server by `prefect deploy`,
+    from the project's prefect.yaml and flows committed in a throw-away git repository (its build
+    steps read git); yields nightly-retrain's id. No worker: their runs stay Scheduled."""
     from prefect.settings import PREFECT_API_URL
 
     from tests.helpers import tool_env
@@ -251,14 +251,21 @@ def nightly_retrain(tmp_path_factory: pytest.TempPathFactory, harness) -> Iterat
         run_tool(["git", *args], project)
     env = {**tool_env(), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     run_tool(["prefect", "work-pool", "create", "transferkit-process", "--type", "process"], project, env=env)
-    run_tool(["prefect", "--no-prompt", "deploy", "--name", "nightly-retrain"], project, env=env, timeout=300)
+    deploy = ["prefect", "--no-prompt", "deploy", "--name", "nightly-retrain", "--name", "monitor"]
+    run_tool(deploy, project, env=env, timeout=300)
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("training_pipeline/nightly-retrain")
+        monitor = client.read_deployment_by_name("monitor/monitor")
+    assert [s.schedule.interval.total_seconds() for s in monitor.schedules] == [300]
+    assert monitor.parameters == {"url": "http://127.0.0.1:8000", "min_new_labels": 50}
+    assert monitor.work_pool_name == "transferkit-process"
     yield str(deployment.id)
-    with get_client(sync_client=True) as client:  # its automations go with it
-        client.delete_deployment(deployment.id)
+    with get_client(sync_client=True) as client:
+        for each in (deployment, monitor):
+            client.delete_resource_owned_automations(f"prefect.deployment.{each.id}")
+            client.delete_deployment(each.id)
 
 
 def automation_runs(deployment_id: str) -> list[Any]:

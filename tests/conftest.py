@@ -92,6 +92,16 @@ def model_rule(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def model_ood(tmp_path_factory: pytest.TempPathFactory, elpv_subset: Path) -> Path:
+    """model_rule's network with the real ``embedding`` and ``ood_score`` outputs: a reference fitted
+    on half the ELPV subset, its threshold and drift reference measured on a quarter (the last
+    quarter is left for tests to send as held-out cells)."""
+    images = sorted((elpv_subset / "images").glob("*.png"))
+    path = tmp_path_factory.mktemp("models") / "ood" / "model.onnx"
+    return export_model(path, head_seed=0, rule=RULE, ood_images=(images[0::2], images[1::4]))
+
+
+@pytest.fixture(scope="session")
 def model_old(model_a: Path) -> Path:
     """model_a as exported before the optional outputs: neither decision nor heatmap."""
     return as_older_export(model_a, model_a.with_name("model-old.onnx"))

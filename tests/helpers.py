@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import atexit
+import dataclasses
 import io
 import json
 import shutil
@@ -229,9 +230,21 @@ ADMIN_TOKEN = "test-admin-token"
 RULE = DecisionRule(positive=(1,), lower=0.2, upper=0.6, threshold=0.4)
 
 
-def export_model(path: Path, head_seed: int, rule: DecisionRule | None = None) -> Path:
+def export_model(
+    path: Path,
+    head_seed: int,
+    rule: DecisionRule | None = None,
+    ood_images: tuple[list[Path], list[Path]] | None = None,
+) -> Path:
     """Export Lite0 with ImageNet weights and a head seeded by ``head_seed``, with full transferkit
-    metadata (and a ``decision`` output when ``rule`` is given)."""
+    metadata (and a ``decision`` output when ``rule`` is given). With ``ood_images`` (fit, reference)
+    it also has the real ``embedding`` and ``ood_score`` outputs, as evaluate makes them: a
+    Mahalanobis reference fitted on the first images, its threshold (``rule``'s, or ``RULE``'s)
+    and the drift reference measured on the second."""
+    from transferkit.contract import DRIFT_REFERENCE
+    from transferkit.ood import fit_reference
+    from transferkit.preprocessing import load_for_model
+
     torch.manual_seed(head_seed)
     model = build_classifier("efficientnet_lite0", "imagenet", num_classes=len(CLASSES), dropout=0.2).eval()
     meta = {
@@ -247,9 +260,25 @@ def export_model(path: Path, head_seed: int, rule: DecisionRule | None = None) -
         "params_hash": f"seed{head_seed}",
         "data_hash": "test",
     }
-    metrics = dict.fromkeys(HEADLINE_METRICS, 0.5)
+    metadata = model_metadata(meta, dict.fromkeys(HEADLINE_METRICS, 0.5), "fp32")
+    ood = None
+    if ood_images is not None:
+        fit, held_out = (
+            torch.from_numpy(np.stack([load_for_model(p, IMAGE_SIZE, "bilinear") for p in paths]))
+            for paths in ood_images
+        )
+        with torch.no_grad():
+            embedded = [model.pool(model.feature_map(images)).flatten(1) for images in (fit, held_out)]
+            confidence = torch.softmax(model.head(embedded[1]), dim=1).max(1).values.numpy()
+        fit_embeddings, held_embeddings = (e.double().numpy() for e in embedded)
+        ood = fit_reference("mahalanobis", fit_embeddings, np.zeros(len(fit_embeddings), int), 0, 0, 0)
+        scores = ood.score(held_embeddings)
+        ood = ood.with_threshold(scores, 0.95)
+        rule = dataclasses.replace(rule or RULE, ood_threshold=ood.threshold)
+        sample = {"confidence": confidence, "ood_score": scores}
+        metadata[DRIFT_REFERENCE] = {"split": "val", **{k: sorted(map(float, v)) for k, v in sample.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(export_onnx(model, IMAGE_SIZE, 17, model_metadata(meta, metrics, "fp32"), rule=rule))
+    path.write_bytes(export_onnx(model, IMAGE_SIZE, 17, metadata, rule=rule, ood=ood))
     return path
 
 

@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "inference",
             "decision",
             "heatmap",
+            "ood",
         },
     ),
     ("library", {"data", "training", "evaluation"}),

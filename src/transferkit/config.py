@@ -150,6 +150,17 @@ class ReviewParams(Section):
     max_fraction: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
+class OodParams(Section):
+    """The out-of-distribution score (ood.py): a reference fitted on the training split's
+    embeddings, a threshold on the validation split's scores. Above it, the decision is review."""
+
+    method: Literal["mahalanobis", "knn"] | None = "mahalanobis"  # null: no ood_score output
+    # The share of validation images that score below the threshold (the rest go to review).
+    in_distribution_rate: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+    k: Annotated[int, Field(ge=1)] = 10  # knn: the neighbour whose similarity counts
+    bank_size: Annotated[int, Field(ge=16)] = 2048  # knn: training embeddings kept in the model
+
+
 class DecisionParams(Section):
     """The operating point: which classes a line must catch, at what recall or false-alarm rate."""
 
@@ -162,6 +173,7 @@ class DecisionParams(Section):
     # and flags more.
     confidence: Annotated[float, Field(ge=0.5, lt=1)] = 0.5
     review: ReviewParams = ReviewParams()
+    ood: OodParams = OodParams()
 
     @model_validator(mode="after")
     def _one_target(self) -> DecisionParams:
@@ -228,6 +240,9 @@ class PathParams(Section):
     train_reports: str = "reports/train"
     evaluate: str = "reports/evaluate"
     test_logits: str = "models/evaluate/test_logits.npy"
+    test_embeddings: str = "models/evaluate/test_embeddings.npy"
+    ood_reference: str = "models/evaluate/ood_reference.npz"
+    drift_reference: str = "models/evaluate/drift_reference.json"
     gate_report: str = "reports/gate.json"
     export: str = "models/export"
     export_report: str = "reports/export.json"

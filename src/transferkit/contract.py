@@ -29,6 +29,7 @@ DECISION_OUTPUT = "decision"
 HEATMAP_OUTPUT = "heatmap"
 EMBEDDING_OUTPUT = "embedding"
 OOD_OUTPUT = "ood_score"
+OOD_KEY = "ood"  # metadata: ood.OodReference.as_metadata (method, threshold, where each was fitted)
 # Metadata key: what a server compares its recent traffic with to detect drift, measured on the
 # validation split: {"split": "val", "confidence": [...], "ood_score": [...]} (sorted samples; a
 # model without an ``ood_score`` output has only ``confidence``).

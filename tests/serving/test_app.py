@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import ADMIN_TOKEN, CLASSES, IMAGE_SIZE, metric, png_bytes
+from transferkit.serving.batch_probe import CPU_CANDIDATES, probe_batch_size
 from transferkit.serving.onnx_model import OnnxClassifier
 
 
@@ -236,3 +238,27 @@ def test_openapi_documents_every_route(serve, model_a: Path) -> None:
         assert route in paths
     assert "image/*" in paths["/v1/predict"]["post"]["requestBody"]["content"]
     assert client.get("/docs").status_code == 200
+
+
+def test_batch_size_is_probed_at_start_up_unless_set(serve, model_a: Path, cells: list[Path]) -> None:
+    probed = serve(model_a).get("/v1/model").json()["batching"]
+    assert probed["probed"] and probed["max_batch_size"] in CPU_CANDIDATES
+    assert set(map(int, probed["images_per_second"])) == set(CPU_CANDIDATES)
+    client = serve(model_a, max_batch_size=4)
+    assert client.get("/v1/model").json()["batching"] == {"probed": False, "max_batch_size": 4}
+    headers = {"content-type": "image/png"}
+    assert client.post("/v1/predict", content=cells[0].read_bytes(), headers=headers).status_code == 200
+
+
+def test_probe_takes_the_smallest_batch_within_tolerance_of_the_fastest() -> None:
+    """Calls with a fixed cost favour big batches; a per-image cost that grows with the batch (a
+    CPU leaving its cache) favours one image per call."""
+
+    def fixed_cost(batch: np.ndarray) -> None:
+        time.sleep(0.02 + 0.001 * len(batch))
+
+    def growing_cost(batch: np.ndarray) -> None:
+        time.sleep(0.002 * len(batch) ** 2)
+
+    assert probe_batch_size(fixed_cost, (3, 4, 4), 2, CPU_CANDIDATES)[0] == max(CPU_CANDIDATES)
+    assert probe_batch_size(growing_cost, (3, 4, 4), 2, CPU_CANDIDATES)[0] == 1

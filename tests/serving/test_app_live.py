@@ -276,8 +276,10 @@ def test_triton_repository_matches_the_model_and_one_client_drives_our_server(
     assert np.allclose(result.as_numpy("probabilities").sum(1), 1.0, atol=1e-5)
 
 
-def test_triton_config_carries_the_decision_and_the_heatmap(model_rule: Path) -> None:
-    """The decision, a per-image scalar, is declared [1] and reshaped to []; the heatmap keeps its fixed dims."""
+@pytest.mark.parametrize("with_ood", [False, True])
+def test_triton_config_carries_the_decision_and_the_heatmap(with_ood: bool, request: pytest.FixtureRequest) -> None:
+    """The decision and the OOD score, per-image scalars, are declared [1] and reshaped to []; the
+    heatmap and the embedding keep their fixed dims."""
     import onnx
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
@@ -285,10 +287,15 @@ def test_triton_config_carries_the_decision_and_the_heatmap(model_rule: Path) ->
     from transferkit.contract import HEATMAP_OUTPUT, read_metadata
     from transferkit.export.triton import TritonOptions, config_pbtxt
 
+    model_rule = request.getfixturevalue("model_ood" if with_ood else "model_rule")
     text = config_pbtxt("defects", onnx.load(str(model_rule)), TritonOptions())
     config = text_format.Parse(text, model_config_pb2.ModelConfig())
     outputs = {output.name: output for output in config.output}
-    assert list(outputs) == ["logits", "probabilities", "decision", "heatmap"]
+    optional = ["embedding", "ood_score"] if with_ood else []
+    assert list(outputs) == ["logits", "probabilities", "decision", "heatmap", *optional]
+    if with_ood:
+        assert list(outputs["embedding"].dims) == [1280]  # Lite0's pooled features
+        assert list(outputs["ood_score"].dims) == [1] and list(outputs["ood_score"].reshape.shape) == []
     assert outputs["decision"].data_type == model_config_pb2.TYPE_INT64
     assert list(outputs["decision"].dims) == [1] and list(outputs["decision"].reshape.shape) == []
     assert outputs["heatmap"].data_type == model_config_pb2.TYPE_FP32

@@ -15,7 +15,7 @@ import torch
 from tests.helpers import shrunk_params
 from transferkit.contract import read_metadata
 from transferkit.data.cache import PreparedData
-from transferkit.evaluation.predict import predict_logits
+from transferkit.evaluation.predict import predict_embedded
 from transferkit.stages import evaluate, export, gate, prepare, train
 from transferkit.training.checkpoint import MODEL, load_checkpoint, model_from_checkpoint
 from transferkit.training.compute import Compute
@@ -45,7 +45,7 @@ def test_gpu_recipe_runs_end_to_end_on_the_cpu(tmp_path: Path, elpv_subset: Path
     prepared = PreparedData.load(params.paths.prepared)
     images = prepared.images_chw(prepared.indices("test"))
     model = model_from_checkpoint(load_checkpoint(Path(params.paths.train) / MODEL))
-    bf16 = predict_logits(model, images, 64, Compute(torch.device("cpu"), "bf16", True))
+    bf16, _ = predict_embedded(model, images, 64, Compute(torch.device("cpu"), "bf16", True), "bf16")
     reference = np.load(params.paths.test_logits)
     assert np.abs(bf16 - reference).max() > params.export.parity_tolerance
 

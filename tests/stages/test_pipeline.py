@@ -11,6 +11,10 @@ import pytest
 
 from tests.helpers import make_project, run_tool, set_params
 from transferkit.contract import read_metadata
+from transferkit.data.cache import PreparedData
+from transferkit.evaluation.shifts import far_shifts
+from transferkit.inference import onnx_outputs
+from transferkit.ood import detection_metrics
 
 pytestmark = pytest.mark.slow
 STAGES = ("prepare", "train", "evaluate", "gate", "export")
@@ -93,11 +97,35 @@ def test_exported_model_is_verified_and_self_describing(reproduced) -> None:
     assert metadata["calibration"]["outputs"] == "temperature-scaled"
     # The rule evaluate chose is in the graph, and decides every test image as fp32 PyTorch does.
     assert metadata["decision"]["threshold"] == metrics["decision"]["rule"]["threshold"]
-    assert metadata["outputs"] == ["logits", "probabilities", "decision", "heatmap"]
+    assert metadata["outputs"] == ["logits", "probabilities", "decision", "heatmap", "embedding", "ood_score"]
     report = json.loads((root / "reports/export.json").read_text())["decision"]
     assert report["passed"] and report["flips"] == 0 and report["count"] == 40
     heatmap = json.loads((root / "reports/export.json").read_text())["heatmap"]
     assert heatmap["passed"] and heatmap["max_sum_diff"] <= 1e-4
+    ood = json.loads((root / "reports/export.json").read_text())["ood_score"]
+    assert ood["passed"] and ood["max_relative_score_diff"] <= 1e-3
+    assert metadata["ood"]["method"] == "mahalanobis" and metadata["ood"]["threshold"] == metrics["ood"]["threshold"]
+    assert metadata["decision"]["out_of_distribution"]["above"] == metrics["ood"]["threshold"]
+    reference = metadata["drift_reference"]
+    assert reference["split"] == "val" and len(reference["confidence"]) == len(reference["ood_score"]) > 0
+
+
+def test_exported_model_sends_what_it_never_saw_to_review(reproduced) -> None:
+    """Far shifts (noise, photos) score above the threshold that 95 % of validation cells stay
+    under, and the in-graph decision sends them to review; the test cells mostly pass it."""
+    root, _ = reproduced
+    model = (root / "models/export/model.onnx").read_bytes()
+    prepared = PreparedData.load(root / "data/prepared")
+    cells = prepared.images_chw(prepared.indices("test")).numpy()
+    threshold = read_metadata(onnx.load_from_string(model))["ood"]["threshold"]
+    wanted = ["decision", "ood_score"]
+    in_scores = onnx_outputs(model, cells, wanted)["ood_score"]
+    for name in ("uniform_noise", "package_photos"):
+        found = onnx_outputs(model, far_shifts(64, 40)[name], wanted)
+        figures = detection_metrics(in_scores, found["ood_score"], threshold)
+        assert figures["auroc"] > 0.95 and figures["shifted_flagged"] > 0.9, (name, figures)
+        assert (found["decision"][found["ood_score"] > threshold] == 2).all()  # review
+    assert (in_scores > threshold).mean() < 0.3
 
 
 def test_second_repro_is_a_no_op(reproduced) -> None:

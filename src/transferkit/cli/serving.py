@@ -123,15 +123,25 @@ def serve(
     host: str | None = typer.Option(None, help="bind address [127.0.0.1]"),
     port: int | None = typer.Option(None, help="port [8000]"),
     workers: int | None = typer.Option(None, help="worker processes, one ONNX Runtime session each [1]"),
-    max_batch_size: int | None = typer.Option(None, help="images per ONNX Runtime call; 1 disables batching [8]"),
+    max_batch_size: int | None = typer.Option(None, help="images per ONNX Runtime call; 1: no batching [0: probe]"),
     max_delay_ms: float | None = typer.Option(None, help="ms a batch may wait to fill; 0 = take what is queued [0]"),
     registry_root: Path | None = typer.Option(None, help="registry folder for registry:NAME [models/registry]"),
     model_name: str | None = typer.Option(None, help="name under /v2/models [registry name or file stem]"),
     tensorrt: bool | None = typer.Option(None, "--tensorrt/--no-tensorrt", help="TensorRT before CUDA [off]"),
     variant: str | None = typer.Option(None, help="with registry:NAME, a precision variant such as int8 [main model]"),
     reload_interval_s: float | None = typer.Option(None, help="poll for a new production model; 0 = never [5]"),
+    monitor_dir: Path | None = typer.Option(
+        None, help="folder for predictions.jsonl and review/ [none: counts and drift only]"
+    ),
+    prediction_log_max_bytes: int | None = typer.Option(None, help="prediction log cap, rotations included [64 MiB]"),
+    review_queue_max_images: int | None = typer.Option(None, help="review queue cap in images [1000]"),
+    review_queue_max_bytes: int | None = typer.Option(None, help="review queue cap in bytes [512 MiB]"),
+    drift_window: int | None = typer.Option(None, help="recent images tested for drift [200]"),
+    drift_min_samples: int | None = typer.Option(None, help="images before drift can be detected [100]"),
+    drift_alpha: float | None = typer.Option(None, help="drift when the KS test's p-value is below [0.01]"),
+    monitor_queue: int | None = typer.Option(None, help="images waiting for the monitor; more are dropped [1024]"),
 ) -> None:
-    """Serve a model over HTTP: /v1/predict, KServe v2 (/v2), /metrics, /docs; every flag also reads
+    """Serve a model over HTTP: /v1/predict, /v1/monitor, KServe v2 (/v2), /metrics, /docs; every flag also reads
     TRANSFERKIT_SERVE_<FLAG> from the environment, and TRANSFERKIT_ADMIN_TOKEN enables /admin/reload."""
     import os
 
@@ -154,6 +164,14 @@ def serve(
         tensorrt=tensorrt,
         variant=variant,
         reload_interval_s=reload_interval_s,
+        monitor_dir=monitor_dir,
+        prediction_log_max_bytes=prediction_log_max_bytes,
+        review_queue_max_images=review_queue_max_images,
+        review_queue_max_bytes=review_queue_max_bytes,
+        drift_window=drift_window,
+        drift_min_samples=drift_min_samples,
+        drift_alpha=drift_alpha,
+        monitor_queue=monitor_queue,
     )
     # Loaded before binding the port, so a bad model or device fails here with a clear message.
     loaded = load_model(source_from(settings), settings)

@@ -1,4 +1,4 @@
-"""A trained classifier's logits on uint8 images, at the evaluation precision and exactly."""
+"""A trained classifier's logits and embeddings on uint8 images, at the evaluation precision and exactly."""
 
 from __future__ import annotations
 
@@ -10,30 +10,23 @@ from transferkit.models.classifier import ImageClassifier
 from transferkit.training.compute import Compute
 
 
-@torch.inference_mode()
-def predict_logits(model: ImageClassifier, images: torch.Tensor, batch_size: int, compute: Compute) -> np.ndarray:
-    """Full-model logits for uint8 NCHW images at ``compute``'s precision, in batches, with a progress bar."""
-    compute.place_model(model).eval()
-
-    def logits(batch: torch.Tensor) -> torch.Tensor:
-        with compute.autocast():
-            return model(compute.to_device(batch)).float().cpu()
-
-    return run_batched(logits, images, batch_size, f"evaluate ({compute.precision})").numpy()
-
-
-def reference_logits(
-    model: ImageClassifier, images: torch.Tensor, batch_size: int, compute: Compute, logits: np.ndarray
-) -> np.ndarray:
-    """Exact fp32 logits, what the export's parity check compares ONNX Runtime against.
+def reference_embedded(
+    model: ImageClassifier,
+    images: torch.Tensor,
+    batch_size: int,
+    compute: Compute,
+    evaluated: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact fp32 logits and embeddings, what the export's parity check compares ONNX Runtime
+    against (``evaluated``: what ``predict_embedded`` gave at ``compute``'s precision).
 
     The metrics are those of the model as evaluated (bf16 on a GPU by default); bf16 keeps about
     three significant digits, so its logits can never serve as a 1e-4 reference.
     """
     if compute.precision == "fp32" and compute.device.type == "cpu":
-        return logits
+        return evaluated
     with compute.exact():
-        return predict_logits(model, images, batch_size, compute.fp32)
+        return predict_embedded(model, images, batch_size, compute.fp32, "reference")
 
 
 @torch.inference_mode()
@@ -44,3 +37,21 @@ def predict_heatmaps(model: ImageClassifier, images: torch.Tensor, temperature: 
     with compute.exact():
         maps = model.class_maps(model.feature_map(compute.to_device(images))) / temperature
     return maps.float().cpu().numpy()
+
+
+@torch.inference_mode()
+def predict_embedded(
+    model: ImageClassifier, images: torch.Tensor, batch_size: int, compute: Compute, description: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and embeddings (the pooled features the head sees) in one pass: the embedding is
+    what the OOD reference is fitted on and scores, and the head applied to it is the model."""
+    compute.place_model(model).eval()
+
+    def both(batch: torch.Tensor) -> torch.Tensor:
+        with compute.autocast():
+            embedding = model.pool(model.feature_map(compute.to_device(batch))).flatten(1)
+            return torch.cat([model.head(embedding), embedding], dim=1).float().cpu()
+
+    joined = run_batched(both, images, batch_size, f"{description} ({compute.precision})").numpy()
+    classes = model.head[-1].out_features
+    return joined[:, :classes], joined[:, classes:]

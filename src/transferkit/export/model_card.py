@@ -95,6 +95,15 @@ def _decision(metadata: dict[str, Any], metrics: dict[str, Any], gallery_png: st
     words += f"\nTargets (params `decision.*`): {', '.join(f'{k} {v}' for k, v in target.items() if v is not None)}" + (
         "." if met else "; validation could not meet them, so the rule is the closest it could reach."
     )
+    ood = metrics.get("ood")
+    if ood is not None:
+        words += (
+            f"\n\nOut of distribution: `ood_score` is the {ood['score']}, fitted on the training split's "
+            f"embeddings. Above {ood['threshold']:.4g} (where {ood['in_distribution_rate']:.0%} of validation cells "
+            "stay below it) the decision is review, whatever the probabilities say: "
+            f"{ood['test_over_threshold']:.1%} of test cells are over it, which takes the review share from "
+            f"{ood['test_review_without_ood']:.1%} to {ood['test_review']:.1%}."
+        )
     if gallery_png is not None:
         words += (
             "\n\nThe worst wrong automatic decisions on the test split, with where the model looked:"
@@ -138,7 +147,8 @@ converted to RGB). Scaling and normalisation happen inside the graph.
 Outputs: `logits` and `probabilities` (softmax), shape (batch, {len(names)}), in the class order above;
 both temperature-scaled (see Calibration). Optional outputs, present in this model:
 {", ".join(f"`{name}`" for name in metadata["outputs"][2:]) or "none"} (`decision`: see Decision;
-`heatmap`: class activation maps over the last feature map that sum to `logits`).
+`heatmap`: class activation maps over the last feature map that sum to `logits`; `embedding`: the
+pooled features the head sees; `ood_score`: their distance from the training split, see Decision).
 Everything here is also in the model's `metadata_props` (keys `transferkit.*`).
 
 ## Training

@@ -19,18 +19,49 @@ import torch
 from onnx import helper
 from torch import nn
 
-from transferkit.contract import DECISION_OUTPUT, HEATMAP_OUTPUT, METADATA_PREFIX, OUTPUT_NAMES, graph_metadata
+from transferkit.contract import (
+    DECISION_OUTPUT,
+    EMBEDDING_OUTPUT,
+    HEATMAP_OUTPUT,
+    METADATA_PREFIX,
+    OOD_KEY,
+    OOD_OUTPUT,
+    OUTPUT_NAMES,
+    graph_metadata,
+)
 from transferkit.decision import DecisionRule
 from transferkit.errors import ExportError
 from transferkit.models.classifier import ImageClassifier
 from transferkit.onnx_graph import downstream_nodes, trace_to_onnx
+from transferkit.ood import OodReference
 
 # ONNX Runtime 1.31 loads IR version <= 13 (onnx 1.23 writes 14 by default).
 MAX_IR_VERSION = 13
 
 
+# ood_score in the graph (fp32 matmuls) against numpy's float64 on the same embedding, relative.
+OOD_SCORE_TOLERANCE = 1e-3
+
 # An internal output: where the fp16 conversion stops. Removed before the model is written.
 FEATURES = "features"
+
+
+class _OodScore(nn.Module):
+    """``ood.OodReference.score`` in torch, for the trace: one MatMul against the stored
+    reference, then the nearest class mean (mahalanobis) or the k-th neighbour (knn)."""
+
+    def __init__(self, reference: OodReference) -> None:
+        super().__init__()
+        self.method, self.k = reference.method, reference.k
+        self.register_buffer("matrix", torch.from_numpy(reference.matrix.astype(np.float32)))
+        self.register_buffer("centers", torch.from_numpy(reference.centers.astype(np.float32)))
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        if self.method == "mahalanobis":
+            whitened = embedding @ self.matrix
+            return (whitened[:, None, :] - self.centers[None]).pow(2).sum(-1).min(dim=1).values
+        similarity = nn.functional.normalize(embedding, dim=1, eps=1e-12) @ self.matrix.T
+        return 1.0 - similarity.topk(self.k, dim=1).values.min(dim=1).values  # the k-th largest
 
 
 class _ExportedClassifier(nn.Module):
@@ -38,19 +69,30 @@ class _ExportedClassifier(nn.Module):
 
     Both ``logits`` and ``probabilities`` are temperature-scaled, so ``softmax(logits) ==
     probabilities`` holds for consumers that compute their own softmax. ``decision`` applies
-    ``rule`` to the probabilities; ``heatmap`` is the class activation maps, scaled like the
-    logits. A model that is not an ``ImageClassifier`` (an ensemble) has no single feature map,
-    so it gets no heatmap.
+    ``rule`` to the probabilities (and to ``ood_score``, when the rule has an OOD threshold);
+    ``heatmap`` is the class activation maps, scaled like the logits; ``embedding`` is the pooled
+    features and ``ood_score`` their distance from ``ood``'s training reference. A model that is
+    not an ``ImageClassifier`` (an ensemble) has no single feature map, so it gets none of these.
+    The embedding is pooled apart from the head's own pooling so that the OOD nodes hang off
+    it alone (int8 keeps exactly those in float).
     """
 
-    def __init__(self, model: nn.Module, temperature: float, rule: DecisionRule | None) -> None:
+    def __init__(
+        self, model: nn.Module, temperature: float, rule: DecisionRule | None, ood: OodReference | None
+    ) -> None:
         super().__init__()
         self.model, self.temperature, self.rule = model, temperature, rule
         self.maps = isinstance(model, ImageClassifier)
+        if ood is not None and not self.maps:
+            raise ExportError("an OOD score needs a single classifier's embedding; an ensemble has none")
+        if (ood is None) != (rule is None or rule.ood_threshold is None):
+            raise ExportError("the decision rule's OOD threshold and the OOD reference go together")
+        self.ood = None if ood is None else _OodScore(ood)
 
     @property
     def output_names(self) -> list[str]:
-        optional = [DECISION_OUTPUT] * (self.rule is not None) + [HEATMAP_OUTPUT, FEATURES] * self.maps
+        optional = [DECISION_OUTPUT] * (self.rule is not None) + [HEATMAP_OUTPUT] * self.maps
+        optional += [EMBEDDING_OUTPUT, OOD_OUTPUT] * (self.ood is not None) + [FEATURES] * self.maps
         return [*OUTPUT_NAMES, *optional]
 
     def describe(
@@ -67,13 +109,17 @@ class _ExportedClassifier(nn.Module):
         decision = None if self.rule is None else self.rule.as_metadata(class_names)
         return [name for name in self.output_names if name != FEATURES], decision, shape
 
-    def _decision(self, probabilities: torch.Tensor) -> torch.Tensor:
+    def _decision(self, probabilities: torch.Tensor, ood_score: torch.Tensor | None) -> torch.Tensor:
         rule = self.rule
         if not rule.positive:
             confidence = probabilities.max(dim=1).values
-            return torch.where(confidence >= rule.lower, 0, 1)
-        score = probabilities[:, list(rule.positive)].sum(dim=1)
-        return torch.where(score >= rule.upper, 1, torch.where(score < rule.lower, 0, 2))
+            codes = torch.where(confidence >= rule.lower, 0, 1)
+        else:
+            score = probabilities[:, list(rule.positive)].sum(dim=1)
+            codes = torch.where(score >= rule.upper, 1, torch.where(score < rule.lower, 0, 2))
+        if ood_score is not None:
+            codes = torch.where(ood_score > rule.ood_threshold, rule.review_code, codes)
+        return codes
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.maps:
@@ -84,10 +130,18 @@ class _ExportedClassifier(nn.Module):
         logits = logits / self.temperature
         probabilities = torch.softmax(logits, dim=1)
         outputs = [logits, probabilities]
+        embedding = ood_score = None
+        if self.ood is not None:
+            embedding = self.model.pool(features).flatten(1)
+            ood_score = self.ood(embedding)
         if self.rule is not None:
-            outputs.append(self._decision(probabilities))
+            outputs.append(self._decision(probabilities, ood_score))
         if self.maps:
-            outputs += [self.model.class_maps(features) / self.temperature, features]
+            outputs.append(self.model.class_maps(features) / self.temperature)
+        if self.ood is not None:
+            outputs += [embedding, ood_score]
+        if self.maps:
+            outputs.append(features)
         return tuple(outputs)
 
 
@@ -151,15 +205,19 @@ def export_onnx(
     precision: str = "fp32",
     temperature: float = 1.0,
     rule: DecisionRule | None = None,
+    ood: OodReference | None = None,
 ) -> bytes:
     """Serialized, checked ONNX model at ``precision`` whose outputs are divided by ``temperature``,
-    with a ``decision`` output when ``rule`` is given and a ``heatmap`` for a single classifier;
-    the caller verifies it before writing it anywhere. ``model`` maps uint8 images to logits (a
-    classifier, or an ensemble of them)."""
-    wrapped = _ExportedClassifier(model.cpu(), temperature, rule).eval()
+    with a ``decision`` output when ``rule`` is given, a ``heatmap`` for a single classifier and
+    ``embedding`` + ``ood_score`` with ``ood`` (then ``rule`` has its OOD threshold); the caller
+    verifies it before writing it anywhere. ``model`` maps uint8 images to logits (a classifier,
+    or an ensemble of them)."""
+    wrapped = _ExportedClassifier(model.cpu(), temperature, rule, ood).eval()
     proto = trace_to_onnx(wrapped, image_size, wrapped.output_names, opset)
     outputs, decision, heatmap_shape = wrapped.describe(image_size, metadata.get("class_names"))
     metadata = {**metadata, **graph_metadata(outputs, decision, heatmap_shape, image_size)}
+    if ood is not None:
+        metadata[OOD_KEY] = ood.as_metadata()
     if heatmap_shape is not None:  # the tracer leaves the map's spatial dims symbolic; they are fixed
         heatmap = next(o for o in proto.graph.output if o.name == HEATMAP_OUTPUT)
         for dim, size in zip(heatmap.type.tensor_type.shape.dim[2:], heatmap_shape, strict=True):
@@ -302,11 +360,16 @@ class DecisionReport:
 
 
 def check_decisions(
-    onnx_decisions: np.ndarray, reference_probabilities: np.ndarray, rule: DecisionRule, max_fraction: float
+    onnx_decisions: np.ndarray,
+    reference_probabilities: np.ndarray,
+    rule: DecisionRule,
+    max_fraction: float,
+    reference_ood: np.ndarray | None = None,
 ) -> DecisionReport:
     """Lower precision moves scores a little; near a threshold that turns pass into flag. At most
-    ``max_fraction`` of the test images may decide differently from fp32 PyTorch."""
-    reference = rule.decide(reference_probabilities)
+    ``max_fraction`` of the test images may decide differently from fp32 PyTorch (its
+    probabilities and, with an OOD threshold, its embeddings' ``reference_ood`` scores)."""
+    reference = rule.decide(reference_probabilities, reference_ood)
     report = DecisionReport(int((onnx_decisions != reference).sum()), len(reference), max_fraction)
     if report.flip_fraction > max_fraction:
         raise ExportError(
@@ -328,3 +391,33 @@ def check_heatmap(heatmap: np.ndarray, logits: np.ndarray, tolerance: float) -> 
             f"(tolerance {tolerance:.0e}). The model was not written; this is a bug in the exporter, please report it."
         )
     return {"max_sum_diff": max_diff, "tolerance": tolerance, "passed": True}
+
+
+def check_ood(
+    onnx_embedding: np.ndarray,
+    onnx_scores: np.ndarray,
+    reference_embedding: np.ndarray,
+    ood: OodReference,
+    tolerance: float,
+) -> dict[str, Any]:
+    """The graph's embedding against fp32 PyTorch's within ``tolerance`` (the logits' own, scaled
+    to the embedding's magnitude), and its ``ood_score`` against the numpy reference on the
+    graph's own embedding, relative to the score's range: a score that drifted from its reference
+    would send other images to review than the ones validation chose."""
+    scale = max(float(np.abs(reference_embedding).max()), 1.0)
+    embedding_diff = float(np.abs(onnx_embedding - reference_embedding).max())
+    expected = ood.score(onnx_embedding)
+    score_diff = float(np.abs(onnx_scores - expected).max() / max(float(np.abs(expected).max()), 1e-6))
+    report = {
+        "max_embedding_diff": embedding_diff,
+        "embedding_tolerance": tolerance * scale,
+        "max_relative_score_diff": score_diff,
+        "score_tolerance": OOD_SCORE_TOLERANCE,
+    }
+    if embedding_diff > tolerance * scale or score_diff > OOD_SCORE_TOLERANCE:
+        raise ExportError(
+            f"the exported embedding or ood_score disagrees with PyTorch: max |embedding diff| {embedding_diff:.2e} "
+            f"(tolerance {tolerance * scale:.1e}), max relative ood_score diff {score_diff:.2e} (tolerance "
+            f"{OOD_SCORE_TOLERANCE:.0e}). The model was not written; export at fp32 (export.precision) or report a bug."
+        )
+    return {**report, "passed": True}

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from transferkit.config import Int8Params
-from transferkit.contract import INPUT_NAME
+from transferkit.contract import EMBEDDING_OUTPUT, INPUT_NAME
 from transferkit.onnx_graph import downstream_nodes
 
 
@@ -60,10 +60,13 @@ def shape_nodes(proto: onnx.ModelProto) -> list[str]:
 
 def float_nodes(proto: onnx.ModelProto, keep: list[str]) -> list[str]:
     """Nodes that stay in float: always the softmax (its probabilities are the contract, and 8 bits
-    do not sum to one) and the decision computed from its probabilities (a threshold compared in
-    float), plus the first convolution and/or the classifier head when asked."""
+    do not sum to one), the decision computed from its probabilities (a threshold compared in
+    float) and the OOD score computed from the embedding, plus the first convolution and/or the
+    classifier head when asked."""
     softmaxes = [n for n in proto.graph.node if n.op_type == "Softmax"]
     names = [n.name for n in softmaxes] + [n.name for s in softmaxes for n in downstream_nodes(proto, s.output[0])]
+    # The OOD score: a distance in a whitened 1280-d space, which 8 bits cannot resolve.
+    names += [n.name for n in downstream_nodes(proto, EMBEDDING_OUTPUT)]
     if "first_conv" in keep:
         names.append(next(n.name for n in proto.graph.node if n.op_type == "Conv"))
     if "head" in keep:

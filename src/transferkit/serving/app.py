@@ -24,11 +24,20 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from transferkit import __version__
-from transferkit.contract import DECISION_OUTPUT, HEATMAP_OUTPUT, INPUT_CONTRACT, INPUT_NAME, lineage
+from transferkit.contract import (
+    DECISION_OUTPUT,
+    HEATMAP_OUTPUT,
+    INPUT_CONTRACT,
+    INPUT_NAME,
+    OOD_OUTPUT,
+    OUTPUT_NAMES,
+    lineage,
+)
 from transferkit.errors import DataError, ModelError
 from transferkit.serving.batcher import Overloaded
 from transferkit.serving.metrics import RequestMetricsMiddleware
 from transferkit.serving.model_source import ServedModel
+from transferkit.serving.onnx_model import Prediction as ModelPrediction
 from transferkit.serving.open_inference import (
     HEADER_LENGTH,
     V2_DATATYPES,
@@ -42,6 +51,7 @@ from transferkit.serving.state import ServerState
 log = logging.getLogger("transferkit.serving")
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
+RAW_BODY = "body"  # the file name of an image sent as the raw body (it has none of its own)
 
 
 HeatmapFormat = Literal["array", "png"]
@@ -67,6 +77,8 @@ class Prediction(BaseModel):
     model_name: str
     model_version: str
     decision: str | None = None  # the model's decision output by name; None for a model without a rule
+    reason: str | None = None  # why the decision is review (out of distribution, near the threshold, ...)
+    ood_score: float | None = None  # the model's ood_score output; None for a model without it
     heatmap: Heatmap | None = None
 
 
@@ -76,6 +88,8 @@ class FilePrediction(BaseModel):
     probabilities: dict[str, float] | None = None
     error: str | None = None
     decision: str | None = None
+    reason: str | None = None
+    ood_score: float | None = None
     heatmap: Heatmap | None = None
 
 
@@ -149,7 +163,7 @@ async def _image_payloads(request: Request, max_images: int) -> list[tuple[str, 
             raise HTTPException(400, "the multipart body has no file parts; send images as file fields")
         return [(file.filename or f"file{i}", await file.read()) for i, file in enumerate(files)]
     if content_type.startswith(IMAGE_TYPES):
-        return [("body", await request.body())]
+        return [(RAW_BODY, await request.body())]
     raise HTTPException(
         415,
         f"unsupported content type {content_type or '(none)'!r}; send image/* or application/octet-stream "
@@ -214,8 +228,17 @@ def _model_info(state: ServerState, model: ServedModel) -> dict[str, Any]:
         "sha256": classifier.sha256,
         "source": state.source.describe(),
         "providers": classifier.providers,
+        "batching": state.batch_probe,
         "loaded_at": model.loaded_at,
     }
+
+
+def _observe(
+    state: ServerState, model: ServedModel, predictions: list[ModelPrediction], payloads: list[tuple[str, bytes]]
+) -> None:
+    """Hand what the response computed to the monitor (it never blocks)."""
+    named = [(None if name == RAW_BODY else name, payload) for name, payload in payloads]
+    state.monitor.observe(model, predictions=predictions, payloads=named)
 
 
 def _v2_metadata(state: ServerState, model: ServedModel) -> dict[str, Any]:
@@ -317,10 +340,11 @@ def _add_v1_routes(app: FastAPI) -> None:
         state = _state(request)
         model = state.model
         _require_heatmap(model, heatmap)
-        [(_, payload)] = await _image_payloads(request, max_images=1)
+        [(filename, payload)] = await _image_payloads(request, max_images=1)
         image = await state.preprocess(model, payload)
         outputs = await state.infer(model, image[None])
         [result] = model.classifier.labels(outputs)
+        _observe(state, model, [result], [(filename, payload)])
         response = Prediction(**vars(result), model_name=state.name, model_version=model.version)
         if heatmap is not None:
             [response.heatmap] = await _heatmaps(state, model, outputs, [payload], heatmap)
@@ -336,24 +360,29 @@ def _add_v1_routes(app: FastAPI) -> None:
         payloads = await _image_payloads(request, max_images=state.settings.max_request_images)
         results: list[FilePrediction] = []
         images: list[np.ndarray] = []
-        readable: list[bytes] = []
+        readable: list[tuple[str, bytes]] = []
         for filename, payload in payloads:
             try:
                 images.append(await state.preprocess(model, payload))
-                readable.append(payload)
+                readable.append((filename, payload))
                 results.append(FilePrediction(filename=filename))
             except DataError as error:
                 results.append(FilePrediction(filename=filename, error=str(error)))
         if images:
             outputs = await state.infer(model, np.stack(images))
             answered = [entry for entry in results if entry.error is None]
-            for entry, prediction in zip(answered, model.classifier.labels(outputs), strict=True):
+            predictions = model.classifier.labels(outputs)
+            for entry, prediction in zip(answered, predictions, strict=True):
                 entry.label, entry.probabilities = prediction.label, prediction.probabilities
-                entry.decision = prediction.decision
+                entry.decision, entry.reason, entry.ood_score = (
+                    prediction.decision,
+                    prediction.reason,
+                    prediction.ood_score,
+                )
+            _observe(state, model, predictions, readable)
             if heatmap is not None:
-                for entry, drawn in zip(
-                    answered, await _heatmaps(state, model, outputs, readable, heatmap), strict=True
-                ):
+                drawn_maps = await _heatmaps(state, model, outputs, [payload for _, payload in readable], heatmap)
+                for entry, drawn in zip(answered, drawn_maps, strict=True):
                     entry.heatmap = drawn
         return BatchPrediction(model_name=state.name, model_version=model.version, predictions=results)
 
@@ -411,9 +440,11 @@ def _add_v2_routes(app: FastAPI) -> None:
                 state.settings.max_request_images,
                 model.classifier.output_names,
             )
-            payload, header_length = infer_response(
-                infer_request, state.name, model.version, await state.infer(model, images)
-            )
+            outputs = await state.infer(model, images)
+            payload, header_length = infer_response(infer_request, state.name, model.version, outputs)
+            # Tensors have no image file: counted and tested for drift, never queued for review.
+            named = (OUTPUT_NAMES[1], DECISION_OUTPUT, OOD_OUTPUT)
+            state.monitor.observe(model, outputs={key: outputs[key] for key in named if key in outputs})
             if header_length is None:
                 return Response(payload, media_type="application/json")
             return Response(payload, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
@@ -424,6 +455,12 @@ def _add_operational_routes(app: FastAPI) -> None:
     async def metrics(request: Request) -> Response:
         """Prometheus metrics of this process."""
         return Response(generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/monitor", tags=["operations"])
+    async def monitor(request: Request) -> dict[str, Any]:
+        """What the server has seen: counts by class, decision and reason; drift of recent images against
+        the model's validation reference; the review queue and prediction log; what monitoring dropped."""
+        return _state(request).monitor.summary()
 
     @app.post("/admin/reload", dependencies=[Depends(_require_admin)], tags=["operations"])
     async def reload(request: Request) -> dict[str, Any]:

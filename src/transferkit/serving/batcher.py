@@ -38,7 +38,8 @@ class DynamicBatcher:
     def __init__(
         self, max_batch_size: int, max_delay_ms: float, max_queue: int, workers: int, metrics: ServerMetrics
     ) -> None:
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = max_batch_size  # 0 until the start-up probe sets it (serving/batch_probe.py)
+        self.workers = workers
         self.max_delay = max_delay_ms / 1000
         self.max_queue = max_queue
         self.metrics = metrics

@@ -20,6 +20,7 @@ from transferkit.contract import (
     DECISION_OUTPUT,
     HEATMAP_OUTPUT,
     INPUT_NAME,
+    OOD_OUTPUT,
     OUTPUT_NAMES,
     REQUIRED_METADATA,
     read_metadata,
@@ -43,6 +44,8 @@ class Prediction:
     label: str
     probabilities: dict[str, float]
     decision: str | None = None  # the model's decision name (pass / flag / review); None without a rule
+    reason: str | None = None  # why the decision is review (decision.REASONS); None otherwise
+    ood_score: float | None = None  # the model's ood_score output; None for a model without it
 
 
 @dataclass(frozen=True)
@@ -153,19 +156,36 @@ class OnnxClassifier:
     def preprocess(self, source: str | Path | bytes, max_pixels: int | None = None) -> np.ndarray:
         return load_for_model(source, self.image_size, self.resize, max_pixels)
 
-    def label(self, probabilities: np.ndarray, decision: int | None = None) -> Prediction:
+    def label(
+        self,
+        probabilities: np.ndarray,
+        decision: int | None = None,
+        reason: str | None = None,
+        ood_score: float | None = None,
+    ) -> Prediction:
         """One image's probabilities (and decision code, when the model has one) as a named prediction."""
         return Prediction(
             self.class_names[int(probabilities.argmax())],
             dict(zip(self.class_names, map(float, probabilities), strict=True)),
             None if decision is None or self.decision_names is None else self.decision_names[int(decision)],
+            reason,
+            None if ood_score is None else float(ood_score),
         )
 
     def labels(self, outputs: dict[str, np.ndarray]) -> list[Prediction]:
-        """Named predictions for a batch from ``run_all``'s outputs; the decision where the model has one."""
+        """Named predictions for a batch from ``run_all``'s outputs: the decision, why it is review (from
+        the rule and the ood_score output, as decision.py says) and the ood_score, where the model has them."""
         probabilities = outputs[OUTPUT_NAMES[1]]
         codes = outputs.get(DECISION_OUTPUT)
-        return [self.label(p, None if codes is None else int(codes[i])) for i, p in enumerate(probabilities)]
+        ood = outputs.get(OOD_OUTPUT)
+        ood = None if ood is None else ood.reshape(len(probabilities))
+        reasons = [None] * len(probabilities)
+        if codes is not None and self.rule is not None:
+            reasons = self.rule.reasons(codes, ood)
+        return [
+            self.label(p, None if codes is None else int(codes[i]), reasons[i], None if ood is None else float(ood[i]))
+            for i, p in enumerate(probabilities)
+        ]
 
     def predict(self, images: np.ndarray) -> list[Prediction]:
         return self.labels(self.run_all(images))

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from transferkit.errors import ConfigError
@@ -40,9 +40,11 @@ class ServeSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, description="uvicorn worker processes, one ONNX Runtime session each")
-    # Defaults measured on the CPU (docs/benchmarks.md): batches of what is already waiting, up to 8,
-    # beat both no batching and bigger or delayed batches on throughput and p99. On a GPU, raise both.
-    max_batch_size: int = Field(8, ge=1, description="images per ONNX Runtime call (1 disables batching)")
+    # 0 measures it at start-up (serving/batch_probe.py): on the 2-core CPU one image per call won,
+    # a GPU wants big batches. Batches take what is already waiting (max_delay_ms 0).
+    max_batch_size: int = Field(
+        0, ge=0, description="images per ONNX Runtime call (0: probe at start-up; 1 disables batching)"
+    )
     max_delay_ms: float = Field(0.0, ge=0, description="how long a batch may wait to fill (0: take what is queued)")
     max_queue: int = Field(256, ge=1, description="images waiting for inference before 503 + Retry-After")
     max_body_bytes: int = Field(20 * 2**20, ge=1024, description="request body limit (413 above it)")
@@ -51,6 +53,38 @@ class ServeSettings(BaseSettings):
     decode_threads: int = Field(4, ge=1, description="threads decoding and resizing images off the event loop")
     reload_interval_s: float = Field(5.0, ge=0, description="poll for a new production model (0: never)")
     graceful_timeout_s: float = Field(30.0, ge=0, description="on shutdown, wait this long for in-flight requests")
+    # Monitoring (serving/monitor.py): counts and drift always; files only with monitor_dir.
+    monitor_dir: Path | None = Field(
+        None, description="folder for predictions.jsonl and review/ (default: counts and drift only, no files)"
+    )
+    prediction_log_max_bytes: int = Field(64 * 2**20, ge=4096, description="prediction log cap, rotated files included")
+    review_queue_max_images: int = Field(1000, ge=1, description="review queue cap in images (oldest dropped)")
+    review_queue_max_bytes: int = Field(
+        512 * 2**20, ge=4096, description="review queue cap in bytes, sidecars included (oldest dropped)"
+    )
+    monitor_min_free_bytes: int = Field(
+        256 * 2**20, ge=0, description="never write monitoring files when the disk has less free than this"
+    )
+    drift_window: int = Field(200, ge=2, description="recent images the drift test compares with the reference")
+    drift_min_samples: int = Field(100, ge=2, description="images in the window before drift can be detected")
+    drift_alpha: float = Field(0.01, gt=0, lt=1, description="drift is detected when the test's p-value is below")
+    monitor_queue: int = Field(
+        1024, ge=1, description="images waiting for the monitor thread; more are dropped and counted"
+    )
+
+    @model_validator(mode="after")
+    def _monitoring_is_consistent(self) -> ServeSettings:
+        if self.drift_min_samples > self.drift_window:
+            raise ValueError(
+                f"drift_min_samples ({self.drift_min_samples}) cannot exceed drift_window ({self.drift_window})"
+            )
+        if self.monitor_dir is not None and self.workers > 1:
+            # Each worker process keeps its own caps: several writing one folder would overrun them.
+            raise ValueError(
+                f"monitor_dir needs workers=1 (got {self.workers}): every worker would write the same files; "
+                "run one worker per process or container, each with its own monitor_dir"
+            )
+        return self
 
     @property
     def registry_name(self) -> str | None:

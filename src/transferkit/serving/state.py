@@ -16,10 +16,12 @@ import numpy as np
 
 from transferkit.errors import DataError, ModelError
 from transferkit.preprocessing import decode_image
+from transferkit.serving.batch_probe import CPU_CANDIDATES, GPU_CANDIDATES, probe_batch_size
 from transferkit.serving.batcher import DynamicBatcher
 from transferkit.serving.explanation import overlay_png
 from transferkit.serving.metrics import ServerMetrics
 from transferkit.serving.model_source import ServedModel, Source, inference_parallelism, load_model, source_from
+from transferkit.serving.monitor import Monitor
 from transferkit.serving.settings import ServeSettings, admin_token
 
 log = logging.getLogger("transferkit.serving")
@@ -43,7 +45,9 @@ class ServerState:
             settings.max_batch_size, settings.max_delay_ms, settings.max_queue, workers, self.metrics
         )
         self.admin_token = admin_token()
+        self.monitor = Monitor(settings, self.metrics, self.name)
         self._model = model
+        self.batch_probe: dict[str, object] = {"probed": False, "max_batch_size": settings.max_batch_size}
         self._decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._reload_lock = asyncio.Lock()
         self._rejected_fingerprint: str | None = None
@@ -58,12 +62,30 @@ class ServerState:
     async def start(self) -> None:
         if self._model is None:
             self._model = await asyncio.to_thread(load_model, self.source, self.settings)
+        if self.settings.max_batch_size == 0:
+            await asyncio.to_thread(self._probe_batch_size)
         self.metrics.serving(self.name, self.model.version)
+        self.monitor.serve(self.model)
+        self.monitor.start()
         self.batcher.start()
         if self.settings.reload_interval_s > 0:
             self._poller = asyncio.get_running_loop().create_task(self._poll(), name="model-poller")
         self.ready = True
         log.info("serving %s %s on %s", self.name, self.model.version, self.model.classifier.providers)
+
+    def _probe_batch_size(self) -> None:
+        """Time each candidate batch size on the loaded model and batch at the winner (kept across reloads)."""
+        classifier = self.model.classifier
+        candidates = GPU_CANDIDATES if classifier.on_gpu else CPU_CANDIDATES
+        size, rates = probe_batch_size(classifier.run, classifier.input_shape, self.batcher.workers, candidates)
+        self.batcher.max_batch_size = size
+        self.batch_probe = {"probed": True, "max_batch_size": size, "images_per_second": rates}
+        log.info(
+            "batch probe (%d concurrent calls): %s images/s; batching up to %d",
+            self.batcher.workers,
+            ", ".join(f"{s}: {r:.0f}" for s, r in rates.items()),
+            size,
+        )
 
     async def stop(self) -> None:
         self.ready = False
@@ -72,6 +94,7 @@ class ServerState:
             await asyncio.gather(self._poller, return_exceptions=True)
         await self.batcher.stop()
         self._decoders.shutdown(wait=True)
+        await asyncio.to_thread(self.monitor.stop)
 
     async def preprocess(self, model: ServedModel, payload: bytes) -> np.ndarray:
         """Decode and resize off the event loop, exactly as the model's metadata says."""
@@ -114,6 +137,7 @@ class ServerState:
             self._rejected_fingerprint = None
             self.metrics.reloads.labels(outcome="loaded").inc()
             self.metrics.serving(self.name, candidate.version)
+            self.monitor.serve(candidate)  # drift starts over against the new model's reference
             log.info("now serving %s %s (was %s)", self.name, candidate.version, previous.version)
             return ReloadOutcome(True, candidate.version, previous.version)
 

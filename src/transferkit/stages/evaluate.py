@@ -13,6 +13,7 @@ export checks the ONNX model against whatever precision evaluation ran at.
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,10 @@ from transferkit.evaluation.plots import (
     risk_coverage,
     save_figure,
 )
-from transferkit.evaluation.predict import predict_heatmaps, predict_logits, reference_logits
+from transferkit.evaluation.predict import predict_embedded, predict_heatmaps, reference_embedded
 from transferkit.io import atomic_write, write_json
 from transferkit.models.classifier import ImageClassifier
+from transferkit.ood import OodReference, fit_reference
 from transferkit.stages.common import ERRORS_PNG, RELIABILITY_PNG, configure_threads, console, main
 from transferkit.training.checkpoint import MODEL, checkpoint_temperature, load_checkpoint, model_from_checkpoint
 from transferkit.training.compute import Compute
@@ -135,6 +137,41 @@ def write_gallery(
     save_figure(gallery_figure(images.numpy(), heatmaps, titles, explained, heading), path, dpi=80)  # photos: big PNGs
 
 
+def fit_ood(
+    params: Params, prepared: PreparedData, model: ImageClassifier, compute: Compute, val_embeddings: np.ndarray
+) -> OodReference | None:
+    """The OOD reference (decision.ood) on the training split's embeddings, thresholded on val's."""
+    ood = params.decision.ood
+    if ood.method is None:
+        return None
+    train_idx = prepared.indices("train")
+    _, embeddings = predict_embedded(
+        model, prepared.images_chw(train_idx), params.evaluate.batch_size, compute, "embed train"
+    )
+    reference = fit_reference(
+        ood.method, embeddings, prepared.labels(train_idx), ood.k, ood.bank_size, params.data.seed
+    )
+    return reference.with_threshold(reference.score(val_embeddings), ood.in_distribution_rate)
+
+
+def drift_reference(val_probabilities: np.ndarray, val_ood: np.ndarray | None) -> dict[str, Any]:
+    """What a server compares its recent traffic with (contract.DRIFT_REFERENCE): the validation
+    split's sorted top-class confidences and, with an OOD reference, its OOD scores."""
+    sample = {"confidence": val_probabilities.max(1)} | ({} if val_ood is None else {"ood_score": val_ood})
+    return {"split": "val", **{key: [round(float(v), 6) for v in np.sort(values)] for key, values in sample.items()}}
+
+
+def ood_metrics(reference: OodReference, rule: DecisionRule, probabilities: np.ndarray, scores: np.ndarray) -> dict:
+    """What the OOD threshold adds on the (in-distribution) test split: the share it sends to
+    review, and the review share with it and without it."""
+    return {
+        **reference.as_metadata(),
+        "test_over_threshold": float((scores > reference.threshold).mean()),
+        "test_review": float((rule.decide(probabilities, scores) == rule.review_code).mean()),
+        "test_review_without_ood": float((rule.decide(probabilities) == rule.review_code).mean()),
+    }
+
+
 def run(params: Params) -> dict[str, Any]:
     configure_threads(params.train.num_threads)
     compute = Compute.from_params(params.train)
@@ -144,7 +181,8 @@ def run(params: Params) -> dict[str, Any]:
     test_idx, val_idx = prepared.indices("test"), prepared.indices("val")
     labels = prepared.labels(test_idx)
     images = prepared.images_chw(test_idx)
-    raw = predict_logits(model, images, params.evaluate.batch_size, compute)
+    batch_size = params.evaluate.batch_size
+    raw, embeddings = predict_embedded(model, images, batch_size, compute, "evaluate")
     temperature = checkpoint_temperature(payload)
     logits = raw / temperature
     groups = prepared.groups(test_idx)
@@ -157,16 +195,26 @@ def run(params: Params) -> dict[str, Any]:
         augment_preset=payload["meta"]["augment_preset"],
         **compute.describe(),
     )
-    val_images = prepared.images_chw(val_idx)
-    val = (
-        softmax(predict_logits(model, val_images, params.evaluate.batch_size, compute) / temperature),
-        prepared.labels(val_idx),
-    )
+    val_raw, val_embeddings = predict_embedded(model, prepared.images_chw(val_idx), batch_size, compute, "validate")
+    val = (softmax(val_raw / temperature), prepared.labels(val_idx))
     positive = positive_classes(params.decision.positive, params.data.source, names)
     choice = choose_rule(*val, positive, params.decision)
     probabilities = softmax(logits)
     metrics["decision"] = operating_point_metrics(choice, names, params.decision, val, (probabilities, labels, groups))
-    reference = reference_logits(model, images, params.evaluate.batch_size, compute, raw) / temperature
+    reference, reference_embeddings = reference_embedded(model, images, batch_size, compute, (raw, embeddings))
+    reference = reference / temperature
+    ood = fit_ood(params, prepared, model, compute, val_embeddings)
+    rule = choice.rule
+    if ood is not None:
+        rule = replace(rule, ood_threshold=ood.threshold)
+        metrics["decision"]["rule"] = rule.as_metadata(names)
+        metrics["ood"] = ood_metrics(ood, rule, probabilities, ood.score(embeddings))
+        ood.save(params.paths.ood_reference)
+    write_json(
+        params.paths.drift_reference, drift_reference(val[0], None if ood is None else ood.score(val_embeddings))
+    )
+    with atomic_write(params.paths.test_embeddings) as handle:
+        np.save(handle, reference_embeddings.astype(np.float32))
 
     out = Path(params.paths.evaluate)
     write_json(out / "metrics.json", metrics)
@@ -188,6 +236,14 @@ def run(params: Params) -> dict[str, Any]:
         highlight=False,
     )
     console.print(describe_decision(metrics["decision"]), highlight=False)
+    if "ood" in metrics:
+        found = metrics["ood"]
+        console.print(
+            f"ood ({found['method']}): threshold {found['threshold']:.4g} (val {found['in_distribution_rate']:.0%}), "
+            f"{found['test_over_threshold']:.3f} of test over it; review {found['test_review_without_ood']:.3f} -> "
+            f"{found['test_review']:.3f} with it",
+            highlight=False,
+        )
     return metrics
 
 

@@ -24,7 +24,16 @@ import onnx
 from scipy.special import softmax
 
 from transferkit.config import Params
-from transferkit.contract import DECISION_OUTPUT, HEATMAP_OUTPUT, OUTPUT_NAMES, model_metadata, read_metadata
+from transferkit.contract import (
+    DECISION_OUTPUT,
+    DRIFT_REFERENCE,
+    EMBEDDING_OUTPUT,
+    HEATMAP_OUTPUT,
+    OOD_OUTPUT,
+    OUTPUT_NAMES,
+    model_metadata,
+    read_metadata,
+)
 from transferkit.data.cache import PreparedData
 from transferkit.decision import DecisionRule
 from transferkit.evaluation.operating_point import decision_figures
@@ -35,12 +44,14 @@ from transferkit.export.onnx_export import (
     check_accuracy_drop,
     check_decisions,
     check_heatmap,
+    check_ood,
     check_parity,
     export_onnx,
 )
 from transferkit.export.quantize import quantize_int8
 from transferkit.inference import onnx_outputs
 from transferkit.io import atomic_write, read_json, write_json, write_text
+from transferkit.ood import OodReference
 from transferkit.stages.common import ERRORS_PNG, RELIABILITY_PNG, configure_threads, console, main
 from transferkit.training.checkpoint import MODEL, checkpoint_temperature, load_checkpoint, model_from_checkpoint
 
@@ -59,6 +70,7 @@ def build_model(
     metadata: dict[str, Any],
     calibration: np.ndarray | None,
     rule: DecisionRule | None,
+    ood: OodReference | None,
 ) -> bytes:
     """The ONNX model at ``export.precision``: traced fp32 (or fp16), or fp32 quantized to int8
     on the ``calibration`` indices."""
@@ -71,6 +83,7 @@ def build_model(
         traced,
         checkpoint_temperature(payload),
         rule,
+        ood,
     )
     if calibration is not None:
         model = quantize_int8(model, prepared.images_chw(calibration).numpy(), params.export.int8)
@@ -78,14 +91,21 @@ def build_model(
 
 
 def verify(
-    params: Params, model_bytes: bytes, prepared: PreparedData, threads: int, rule: DecisionRule | None
+    params: Params,
+    model_bytes: bytes,
+    prepared: PreparedData,
+    threads: int,
+    rule: DecisionRule | None,
+    ood: OodReference | None,
 ) -> tuple[ParityReport | QuantizedReport, dict[str, dict[str, Any]]]:
-    """Every test image through ONNX Runtime against the fp32 PyTorch logits evaluate saved:
-    the logits (or, for int8, the accuracy), the heatmap's sums and the decisions; returns the
-    logit check and the others' reports by output."""
+    """Every test image through ONNX Runtime against the fp32 PyTorch logits (and embeddings)
+    evaluate saved: the logits (or, for int8, the accuracy), the heatmap's sums, the embedding and
+    OOD score, and the decisions; returns the logit check and the others' reports by output."""
     test_idx = prepared.indices("test")
     names = [*OUTPUT_NAMES, HEATMAP_OUTPUT] + ([DECISION_OUTPUT] if rule is not None else [])
+    names += [EMBEDDING_OUTPUT, OOD_OUTPUT] if ood is not None else []
     outputs = onnx_outputs(model_bytes, prepared.images_chw(test_idx).numpy(), names, threads)
+    reference_ood = None if ood is None else ood.score(np.load(params.paths.test_embeddings))
     logits = outputs[OUTPUT_NAMES[0]]
     reference, labels = np.load(params.paths.test_logits), prepared.labels(test_idx)
     export = params.export
@@ -99,10 +119,13 @@ def verify(
             tolerance = max(export.fp16_parity_tolerance, export.fp16_relative_tolerance * largest)
         check = check_parity(logits, reference, labels, tolerance)
         others[HEATMAP_OUTPUT] = check_heatmap(outputs[HEATMAP_OUTPUT], logits, tolerance)
+        if ood is not None:
+            embedding = np.load(params.paths.test_embeddings)
+            others[OOD_OUTPUT] = check_ood(outputs[EMBEDDING_OUTPUT], outputs[OOD_OUTPUT], embedding, ood, tolerance)
     if rule is not None:
         probabilities = softmax(reference.astype(np.float64), axis=1)
         limit = export.int8.max_decision_flips if export.precision == "int8" else export.max_decision_flips
-        flips = check_decisions(outputs[DECISION_OUTPUT], probabilities, rule, limit)
+        flips = check_decisions(outputs[DECISION_OUTPUT], probabilities, rule, limit, reference_ood)
         # What the line gets from this model at this precision, as evaluate measured fp32's.
         own = decision_figures(rule, outputs[OUTPUT_NAMES[1]].astype(np.float64), labels)
         others[DECISION_OUTPUT] = {**flips.as_dict(), "test": own}
@@ -130,8 +153,12 @@ def run(params: Params) -> dict[str, Any]:
     rule = (
         DecisionRule.from_metadata(metrics["decision"]["rule"], prepared.class_names) if "decision" in metrics else None
     )
-    model_bytes = build_model(params, payload, prepared, metadata, calibration, rule)
-    check, others = verify(params, model_bytes, prepared, threads, rule)
+    # Evaluate fitted an OOD reference when its rule has an OOD threshold (decision.ood.method).
+    ood = None if rule is None or rule.ood_threshold is None else OodReference.load(params.paths.ood_reference)
+    if Path(params.paths.drift_reference).is_file():
+        metadata[DRIFT_REFERENCE] = read_json(params.paths.drift_reference)
+    model_bytes = build_model(params, payload, prepared, metadata, calibration, rule, ood)
+    check, others = verify(params, model_bytes, prepared, threads, rule, ood)
 
     out = Path(params.paths.export)
     with atomic_write(out / "model.onnx") as handle:

@@ -36,7 +36,19 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("library", {"data", "training", "evaluation"}),
     ("export", {"export"}),
     ("stages", {"stages"}),
-    ("services", {"orchestration", "run_workspace", "registry", "dask_runner", "study", "tuning", "serving"}),
+    (
+        "services",
+        {
+            "orchestration",
+            "run_workspace",
+            "registry",
+            "dask_runner",
+            "monitoring_events",
+            "study",
+            "tuning",
+            "serving",
+        },
+    ),
     ("entry points", {"cli"}),
 ]
 RANK = {component: rank for rank, (_, components) in enumerate(LAYERS) for component in components}

@@ -161,8 +161,9 @@ def test_missing_data_without_remote_or_in_the_remote_says_which_command_fixes_i
 
 
 def test_prefect_yaml_declares_each_flow_on_both_pools_at_the_deployed_commit() -> None:
-    """Every deployment's entrypoint loads a flow, the nightly ones carry the cron, and each run
-    clones the revision recorded at deploy time."""
+    """Every deployment's entrypoint loads a flow, the nightly ones carry the cron and the event
+    triggers, the monitor (process pool only) its 5-minute interval, and each run clones the
+    revision recorded at deploy time."""
     import yaml
     from prefect.flows import load_flow_from_entrypoint
 
@@ -170,13 +171,18 @@ def test_prefect_yaml_declares_each_flow_on_both_pools_at_the_deployed_commit() 
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {f"{n}{s}" for n in ("nightly-retrain", "strategy-study", "tune") for s in ("", "-gpu")}
+    twins = {f"{n}{s}" for n in ("nightly-retrain", "strategy-study", "tune") for s in ("", "-gpu")}
+    assert set(deployments) == twins | {"monitor"}
     for name, deployment in deployments.items():
         flow = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]))
-        assert flow.name in {"training_pipeline", "study", "tune"}
+        assert flow.name in {"training_pipeline", "study", "tune", "monitor"}
         pool = "transferkit-gpu" if name.endswith("-gpu") else "transferkit-process"
         assert deployment["work_pool"]["name"] == pool
     assert deployments["nightly-retrain"]["schedules"][0]["cron"] == "0 2 * * *"
+    assert deployments["monitor"]["schedules"] == [{"interval": 300}]
+    for name in ("nightly-retrain", "nightly-retrain-gpu"):
+        expected = [set(trigger["expect"]) for trigger in deployments[name]["triggers"]]
+        assert expected == [{"transferkit.drift.detected"}, {"transferkit.labels.ready"}]
     assert deployments["nightly-retrain-gpu"]["work_pool"]["job_variables"]["gpus"] == 1
     clone = spec["pull"][0]["prefect.deployments.steps.git_clone"]
     assert clone["commit_sha"] == "{{ revision.stdout }}"

@@ -234,6 +234,8 @@ class PathParams(Section):
     prepared: str = "data/prepared"
     data_report: str = "reports/data.json"
     data_summary: str = "reports/data.md"
+    # Where prepare finds reviewed drops, <name>-reviewed/<class>/<image> (data/reviewed.py).
+    reviewed: str = "data/raw"
     train: str = "models/train"
     checkpoints: str = "models/checkpoints"
     feature_cache: str = ".feature-cache"

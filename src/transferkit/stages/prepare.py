@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from transferkit.config import Params
 from transferkit.data.cache import images_hash, manifest_hash, write_prepared
 from transferkit.data.report import ImageInfo, build_report, render_markdown
+from transferkit.data.reviewed import REVIEWED_GROUP, list_reviewed, split_of_new
 from transferkit.data.sources import Sample, list_samples
 from transferkit.data.split import SPLITS, assign_splits
 from transferkit.errors import DataError
@@ -29,8 +31,7 @@ from transferkit.stages.common import console, main
 Decoded = tuple[np.ndarray, str, bool, tuple[int, int, str]] | str
 
 
-def _decode(root: Path, sample: Sample, size: int, resize: str) -> Decoded:
-    path = root / sample.file
+def _decode(path: Path, size: int, resize: str) -> Decoded:
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -45,20 +46,56 @@ def _decode(root: Path, sample: Sample, size: int, resize: str) -> Decoded:
     return to_model_input(image, size, resize), sha256_bytes(data), is_grayscale(image), found
 
 
-def run(params: Params) -> dict[str, Any]:
-    data = params.data
-    samples, class_names = list_samples(data)
-    root = Path(data.path)
+def _decode_all(paths: list[Path], size: int, resize: str, desc: str) -> list[Decoded]:
     with ThreadPoolExecutor() as pool:
-        decoded = list(
+        return list(
             tqdm(
-                pool.map(lambda s: _decode(root, s, data.image_size, data.resize), samples),
-                total=len(samples),
-                desc="decode + resize",
+                pool.map(lambda path: _decode(path, size, resize), paths),
+                total=len(paths),
+                desc=desc,
                 unit="img",
                 dynamic_ncols=True,
             )
         )
+
+
+def add_reviewed(
+    params: Params, class_names: list[str], kept: list[tuple[Sample, Decoded]], splits: list[str]
+) -> dict[str, Any]:
+    """Merge the reviewed drops (data/reviewed.py) into ``kept`` and ``splits`` in place; what they changed."""
+    root = Path(params.paths.reviewed)
+    reviewed = list_reviewed(root, class_names)
+    if not reviewed:
+        return {}
+    data = params.data
+    decoded = _decode_all([r.path for r in reviewed], data.image_size, data.resize, "decode reviewed")
+    index_of = {d[1]: i for i, (_, d) in enumerate(kept)}
+    summary: dict[str, Any] = {"drops": sorted({r.drop for r in reviewed}), "added": 0, "relabelled": 0}
+    summary |= {"in_test_ignored": 0, "unreadable": []}
+    for image, found in zip(reviewed, decoded, strict=True):
+        if isinstance(found, str):
+            summary["unreadable"].append({"file": str(image.path), "reason": found})
+            continue
+        known = index_of.get(found[1])
+        if known is None:
+            sample = Sample(image.path.as_posix(), image.label, REVIEWED_GROUP)
+            index_of[found[1]] = len(kept)
+            kept.append((sample, found))
+            splits.append(split_of_new(found[1], (data.split.train, data.split.val)))
+            summary["added"] += 1
+        elif splits[known] == "test":
+            summary["in_test_ignored"] += 1
+        elif kept[known][0].label != image.label:
+            kept[known] = (replace(kept[known][0], label=image.label), kept[known][1])
+            summary["relabelled"] += 1
+    return summary
+
+
+def run(params: Params) -> dict[str, Any]:
+    data = params.data
+    samples, class_names = list_samples(data)
+    root = Path(data.path)
+    decoded = _decode_all([root / s.file for s in samples], data.image_size, data.resize, "decode + resize")
     skipped = [{"file": s.file, "reason": d} for s, d in zip(samples, decoded, strict=True) if isinstance(d, str)]
     kept = [(s, d) for s, d in zip(samples, decoded, strict=True) if not isinstance(d, str)]
     if not kept:
@@ -68,11 +105,12 @@ def run(params: Params) -> dict[str, Any]:
     if empty:
         raise DataError(f"class(es) {empty} have no readable images under {root}; add images or remove the class")
 
-    grayscale = all(d[2] for _, d in kept)
-    images = np.stack([d[0][..., :1] if grayscale else d[0] for _, d in kept])
     splits = assign_splits(
         [s.label for s, _ in kept], [s.group for s, _ in kept], [d[1] for _, d in kept], data.split, data.seed
     )
+    reviewed = add_reviewed(params, class_names, kept, splits)
+    grayscale = all(d[2] for _, d in kept)
+    images = np.stack([d[0][..., :1] if grayscale else d[0] for _, d in kept])
     label_index = {name: i for i, name in enumerate(class_names)}
     rows = [
         {
@@ -95,6 +133,7 @@ def run(params: Params) -> dict[str, Any]:
         "count": len(rows),
         "data_hash": manifest_hash(rows),
         "images_sha256": images_hash(images),
+        **({"reviewed": reviewed} if reviewed else {}),
     }
     write_prepared(Path(params.paths.prepared), images, rows, meta)
     infos = [ImageInfo(s.file, s.label, split, d[1], *d[3]) for (s, d), split in zip(kept, splits, strict=True)]
@@ -102,6 +141,7 @@ def run(params: Params) -> dict[str, Any]:
         **build_report(infos, skipped, class_names, SPLITS),
         "data_hash": meta["data_hash"],
         "groups": dict(sorted(Counter(r["group"] for r in rows).items())),
+        **({"reviewed": reviewed} if reviewed else {}),
     }
     write_json(params.paths.data_report, report)
     write_text(params.paths.data_summary, render_markdown(report, SPLITS))
@@ -109,7 +149,13 @@ def run(params: Params) -> dict[str, Any]:
         f"prepared {len(rows)} images ({len(skipped)} skipped) -> {params.paths.prepared}; "
         f"data report: {params.paths.data_summary}"
     )
-    for entry in skipped:
+    if reviewed:
+        console.print(
+            f"reviewed drops {', '.join(reviewed['drops'])}: {reviewed['added']} images added to train/val, "
+            f"{reviewed['relabelled']} relabelled, {reviewed['in_test_ignored']} of the test split left as they are",
+            highlight=False,
+        )
+    for entry in skipped + (reviewed.get("unreadable", []) if reviewed else []):
         console.print(f"[yellow]skipped[/] {entry['file']}: {entry['reason']}", highlight=False)
     for warning in report["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)

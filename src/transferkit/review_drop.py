@@ -259,7 +259,8 @@ class DataDrop:
             try:
                 self._rows.append(Label.from_json(line))
             except (ValueError, TypeError) as error:
-                raise DataError(f"{self.manifest} row {number} is not a label ({error}); restore it from git/DVC") from None
+                message = f"{self.manifest} row {number} is not a label ({error}); restore the file from git/DVC"
+                raise DataError(message) from None
         self._read += len(complete)
 
     @contextlib.contextmanager
@@ -319,7 +320,6 @@ def _position(marker: str | None, rows: int) -> int:
     if not marker.isdigit() or int(marker) > rows:
         raise DataError(f"ingest marker {marker!r} is not a row count of this manifest (0..{rows}); re-ingest")
     return int(marker)
-
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -102,7 +102,11 @@ function show(next, pressed) {
     });
   }
   upcoming = current ? fetchNext(current.id) : null;
-  upcoming?.catch(() => {}); // its error is reported when it is needed
+  const after = current?.id;
+  upcoming?.then(
+    () => { document.body.dataset.prefetchedAfter = after; }, // the next one is decoded and waiting
+    () => {}, // its error is reported when it is needed
+  );
 }
 
 function escapeHtml(text) {

@@ -1,7 +1,8 @@
 // The review page: one key press labels an image and shows the next, which was fetched and decoded
 // while the person looked at this one. Keys: 1..N a class (in the model's order), s skip,
 // x not a valid image, u undo. A label is sent in the background; the server keeps an image queued
-// until its label is written, so a failed send loses nothing (the message says what happened).
+// until its label is written, so a failed send loses nothing (the message says what happened, and
+// "Start over" at the end of the queue comes back to it).
 // Each swap's time from key press to the next animation frame is kept in <body data-swap-ms>.
 "use strict";
 
@@ -115,7 +116,8 @@ function escapeHtml(text) {
 
 async function advance(pressed) {
   try {
-    show(await upcoming, pressed);
+    const next = await upcoming;
+    if (next) show(next, pressed);
   } catch (error) {
     failed(error);
   }
@@ -141,7 +143,7 @@ async function label(name, pressed) {
     say(answer.status === "labelled" ? "" : `${answer.status}: ${item.id}`, true);
   } catch (error) {
     labelled.splice(labelled.lastIndexOf(item.id), 1);
-    failed(new Error(`${item.id} was not labelled (it stays queued): ${error.message}`));
+    failed(Object.assign(new Error(`${item.id} was not labelled: ${error.message}`), { status: error.status }));
   }
 }
 

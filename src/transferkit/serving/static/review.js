@@ -182,7 +182,7 @@ function buttons() {
     const button = document.createElement("button");
     button.type = "button";
     button.dataset.key = key;
-    button.innerHTML = `<kbd>${key}</kbd>${escapeHtml(text)}`;
+    button.innerHTML = `<kbd>${key}</kbd> ${escapeHtml(text)}`;
     button.addEventListener("click", () => act(key, performance.now()));
     actions.append(button);
   }

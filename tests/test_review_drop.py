@@ -215,3 +215,18 @@ def test_writers_sharing_a_drop_keep_every_row_whole(tmp_path: Path) -> None:
     assert len(manifest(root)) == len(images)  # every line parses: none torn or interleaved
     assert DataDrop(root, CLASSES).current() == {sha256_bytes(image): CLASSES[i % 2] for i, image in enumerate(images)}
     assert drops[0].rows() == drops[1].rows()  # each reads what the other appended
+
+
+def test_the_imagefolder_source_reads_the_drop_as_training_will(drop: DataDrop) -> None:
+    """The layout is the data source's own: classes from the folders, invalid images and the manifest unseen."""
+    from transferkit.config import DataParams
+    from transferkit.data.sources import list_samples
+
+    images = [png_bytes((40 + i, 30)) for i in range(3)]
+    for image, name in zip(images, ["functional", "defective", INVALID], strict=True):
+        drop.write(image, label_for(image, name))
+    samples, classes = list_samples(DataParams(source="imagefolder", path=str(drop.root)))
+    assert classes == ["defective", "functional"]
+    assert [(sample.file, sample.label) for sample in samples] == sorted(
+        [(f"{name}/{sha256_bytes(image)}.png", name) for image, name in zip(images[:2], classes[::-1], strict=True)]
+    )

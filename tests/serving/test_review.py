@@ -21,6 +21,7 @@ from tests.serving.test_monitor import noise_png, post_all, settled
 from transferkit.decision import OUT_OF_DISTRIBUTION
 from transferkit.io import sha256_bytes
 from transferkit.review_drop import INVALID, MANIFEST, REVIEW_PAGE, UNDO, UNLABELLED, DataDrop, Label
+from transferkit.serving.settings import ADMIN_TOKEN_ENV
 
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -211,3 +212,25 @@ def test_the_page_ships_its_assets_and_loads_nothing_from_elsewhere(desk) -> Non
         assert response.status_code == 200
         assert "http://" not in response.text and "https://" not in response.text  # no CDN: works offline
     assert "http://" not in page.text and "https://" not in page.text
+
+
+def test_an_image_the_cap_evicted_while_it_was_on_screen_is_a_404_and_lands_nowhere(
+    serve, model_ood: Path, tmp_path: Path
+) -> None:
+    drop = tmp_path / "drop"
+    client = serve(model_ood, monitor_dir=tmp_path / "monitor", review_drop=drop, review_queue_max_images=2)
+    fill(client, 2)
+    shown = next_item(client)["item"]  # the oldest, on the page
+    fill(client, 2, seed=1)  # meanwhile two more arrive: the cap drops the oldest two
+    gone = label(client, shown["id"], "defective")
+    assert gone.status_code == 404 and "dropped by the queue's cap" in gone.json()["error"]
+    assert manifest(drop) == [] and next_item(client)["left"] == 2
+
+
+def test_without_an_admin_token_on_the_server_the_api_says_how_to_turn_it_on(
+    serve, model_ood: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ADMIN_TOKEN_ENV)
+    client = serve(model_ood, monitor_dir=tmp_path / "monitor", review_drop=tmp_path / "drop")
+    refused = client.get("/v1/review", headers=AUTH)
+    assert refused.status_code == 403 and ADMIN_TOKEN_ENV in refused.json()["error"]

@@ -127,7 +127,7 @@ def test_one_key_press_labels_an_image_and_the_next_is_on_screen_within_200_ms(b
     saved = drop / "functional" / f"{row['image_sha256']}.png"
     assert saved.read_bytes() == by_hash[row["image_sha256"]]
 
-    third = press("s")  # skipped: it stays queued, nothing written
+    third = press("s")  # the second image skipped: it stays queued, nothing written
     assert len(rows(drop)) == 1 and third != second
     press("x")  # not a valid image
     until(lambda: len(rows(drop)) == 2, "the invalid label's row")
@@ -143,6 +143,21 @@ def test_one_key_press_labels_an_image_and_the_next_is_on_screen_within_200_ms(b
     assert len(list((drop / "defective").iterdir())) == 2 and undone not in (first, second, third)
     left = httpx.get(f"{url}/v1/monitor").json()["review_queue"]
     assert (left["count"], left["labelled"]) == (IMAGES - 4, 4)  # 5 labels, 1 undone; the skipped one waits
+
+    # To the end of the queue: the skipped image still waits, and "Start over" comes back to it.
+    while shown():
+        press("1")
+    assert "1 skipped image(s) still wait" in browser.find_element(By.ID, "done-text").text
+    browser.find_element(By.ID, "again").click()
+    until(lambda: shown() == second, "the skipped image again")
+
+    # A wrong token: the page says so and asks again.
+    browser.execute_script("sessionStorage.clear()")
+    browser.refresh()
+    browser.find_element(By.ID, "token").send_keys("not-the-token")
+    browser.find_element(By.CSS_SELECTOR, "#login button").click()
+    message = until(lambda: browser.find_element(By.ID, "message").text, "the wrong token's message")
+    assert message == "wrong admin token" and browser.find_element(By.ID, "login").is_displayed()
 
     # What the prefetch hides: one item from the server, the heatmap drawn by the model (a person who
     # presses faster than this waits for it).

@@ -54,7 +54,7 @@ class _Drift(BaseModel):
 
 class _ReviewQueue(BaseModel):
     model_config = ConfigDict(extra="allow")
-    labelled: StrictInt = 0  # labelling comes later: a server without it counts 0
+    labelled: StrictInt = 0  # labels in the drop not yet ingested; a server without --review-drop counts 0
 
 
 class _Snapshot(BaseModel):

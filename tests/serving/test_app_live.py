@@ -37,10 +37,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model: Path, *flags: str) -> tuple[subprocess.Popen[str], str]:
+def start_server(model: Path, *flags: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     args = [*TRANSFERKIT, "serve", "--model", str(model), "--device", "cpu", "--port", str(port), *flags]
-    server = subprocess.Popen(args, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(args, env=env or tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         with ServingClient(url) as client:

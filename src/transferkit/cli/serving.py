@@ -137,13 +137,17 @@ def serve(
     prediction_log_max_bytes: int | None = typer.Option(None, help="prediction log cap, rotations included [64 MiB]"),
     review_queue_max_images: int | None = typer.Option(None, help="review queue cap in images [1000]"),
     review_queue_max_bytes: int | None = typer.Option(None, help="review queue cap in bytes [512 MiB]"),
+    review_drop: Path | None = typer.Option(
+        None, help="where the review page's labels land, e.g. data/raw/elpv-reviewed [none: /review is off]"
+    ),
     drift_window: int | None = typer.Option(None, help="recent images tested for drift [200]"),
     drift_min_samples: int | None = typer.Option(None, help="images before drift can be detected [100]"),
     drift_alpha: float | None = typer.Option(None, help="drift when the KS test's p-value is below [0.01]"),
     monitor_queue: int | None = typer.Option(None, help="images waiting for the monitor; more are dropped [1024]"),
 ) -> None:
-    """Serve a model over HTTP: /v1/predict, /v1/monitor, KServe v2 (/v2), /metrics, /docs; every flag also reads
-    TRANSFERKIT_SERVE_<FLAG> from the environment, and TRANSFERKIT_ADMIN_TOKEN enables /admin/reload."""
+    """Serve a model over HTTP: /v1/predict, /v1/monitor, KServe v2 (/v2), /metrics, /docs, the review page
+    (/review, with --monitor-dir and --review-drop); every flag also reads TRANSFERKIT_SERVE_<FLAG> from the
+    environment, and TRANSFERKIT_ADMIN_TOKEN enables /admin/reload and the review page."""
     import os
 
     import uvicorn
@@ -170,6 +174,7 @@ def serve(
         prediction_log_max_bytes=prediction_log_max_bytes,
         review_queue_max_images=review_queue_max_images,
         review_queue_max_bytes=review_queue_max_bytes,
+        review_drop=review_drop,
         drift_window=drift_window,
         drift_min_samples=drift_min_samples,
         drift_alpha=drift_alpha,

@@ -1,4 +1,4 @@
-"""The HTTP API: /v1 (images in, labels out), the Open Inference Protocol (/v2), /metrics, /admin.
+"""The HTTP API: /v1 (images in, labels out), the Open Inference Protocol (/v2), /metrics, /admin, /review.
 
 Every error is JSON ``{"error": message}`` (the v2 protocol's shape, used everywhere) with a 4xx
 status that names the problem; a 5xx means a bug here, never bad input.
@@ -46,6 +46,7 @@ from transferkit.serving.open_inference import (
     infer_response,
     parse_infer_request,
 )
+from transferkit.serving.review import add_review_routes
 from transferkit.serving.settings import ServeSettings, load_settings
 from transferkit.serving.state import ServerState
 
@@ -288,6 +289,7 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
     _add_v1_routes(app)
     _add_v2_routes(app)
     _add_operational_routes(app)
+    add_review_routes(app, _require_admin)
     return app
 
 

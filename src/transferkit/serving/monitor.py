@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from transferkit.decision import REVIEW
+from transferkit.errors import DataError
+from transferkit.review_drop import DataDrop
 from transferkit.serving.drift import DriftWindow
 from transferkit.serving.metrics import ServerMetrics
 from transferkit.serving.model_source import ServedModel
@@ -106,6 +108,7 @@ class Monitor:
                 settings.monitor_min_free_bytes,
             )
         )
+        self.drop: DataDrop | None = None  # where the review page's labels land (ServerState sets it)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._untested = 0  # records added to the drift window since its last test
@@ -218,6 +221,10 @@ class Monitor:
         if log_ is not None:
             with contextlib.suppress(OSError):  # an unreadable folder: counted where the writes fail
                 body["prediction_log"]["bytes"] = log_.size()
+        if self.drop is not None:
+            # Labels in the drop not yet in a data version: what the retraining loop waits for.
+            with contextlib.suppress(OSError, DataError):
+                body["review_queue"]["labelled"] = self.drop.count_since(self.drop.ingested())
         return body
 
     # The monitor thread ------------------------------------------------------------------------

@@ -12,7 +12,9 @@ import hashlib
 import io
 import json
 import logging
+import os
 import shutil
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ from transferkit.io import atomic_write
 
 LOG_BACKUPS = 2  # predictions.jsonl plus .1 and .2: the cap is shared by the three
 SIDECAR = ".json"
+LABELLED = "labelled"  # review/labelled/: entries the review page labelled, kept so an undo can bring them back
+UNDO_DEPTH = 100  # labelled entries kept, newest first
 
 
 def check_free_space(folder: Path, needed: int, margin: int) -> None:
@@ -103,10 +107,15 @@ class ReviewQueue:
 
     The sidecar is written after its image, each atomically, so a sidecar always has its image;
     an image left without one (a crash between the two) is removed on the next start.
+
+    The monitor thread adds and the review page (serving/review.py) takes: a labelled entry moves
+    to ``labelled/`` (the last ``UNDO_DEPTH`` stay there, so an undo can put one back). One lock
+    keeps the two apart.
     """
 
     def __init__(self, folder: Path, max_images: int, max_bytes: int, min_free_bytes: int) -> None:
         self.folder = folder
+        self.labelled = folder / LABELLED
         self.max_images = max_images
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
@@ -114,6 +123,7 @@ class ReviewQueue:
         self.bytes = 0
         self._scanned = False
         self._last_us = 0
+        self._lock = threading.Lock()
 
     @property
     def count(self) -> int:
@@ -122,6 +132,8 @@ class ReviewQueue:
     def _scan(self) -> None:
         """Take over what an earlier run left (oldest first), dropping incomplete entries and temp files."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._entries.clear()
+        self.bytes = 0
         groups: dict[str, list[Path]] = {}
         for path in self.folder.iterdir():
             if path.name.startswith("."):  # an atomic write's temp file, left by a kill
@@ -157,26 +169,125 @@ class ReviewQueue:
 
     def add(self, payload: bytes, outputs: dict[str, Any]) -> Path:
         """Queue one image with its outputs (the sidecar); the path of the saved image."""
+        with self._lock:
+            if not self._scanned:
+                self._scan()
+            digest = hashlib.sha256(payload).hexdigest()
+            stem = self._stem(digest)
+            image = self.folder / f"{stem}.{_extension(payload)}"
+            sidecar_bytes = json.dumps({**outputs, "image": image.name, "sha256": digest}, indent=1).encode()
+            size = len(payload) + len(sidecar_bytes)
+            if size > self.max_bytes:
+                raise ValueError(f"a {size:,}-byte entry is over the review queue's {self.max_bytes:,}-byte cap")
+            self._evict(size)
+            check_free_space(self.folder, size, self.min_free_bytes)
+            sidecar = self.folder / f"{stem}{SIDECAR}"
+            try:
+                with atomic_write(image) as handle:
+                    handle.write(payload)
+                with atomic_write(sidecar) as handle:
+                    handle.write(sidecar_bytes)
+            except BaseException:
+                image.unlink(missing_ok=True)
+                raise
+            self._entries.append(_Entry(stem, (image, sidecar), size))
+            self.bytes += size
+            return image
+
+    # The review page's side ------------------------------------------------------------------
+
+    def _ready(self) -> None:
+        """Raise FileNotFoundError when the folder is gone (deleted under the server): the entries are
+        forgotten then, and the next image sent to review makes the folder again."""
+        if self._scanned and not self.folder.is_dir():
+            self._entries.clear()
+            self.bytes = 0
+            self._scanned = False
+            raise FileNotFoundError(errno.ENOENT, "the review queue folder is gone", str(self.folder))
         if not self._scanned:
             self._scan()
-        digest = hashlib.sha256(payload).hexdigest()
-        stem = self._stem(digest)
-        image = self.folder / f"{stem}.{_extension(payload)}"
-        sidecar_bytes = json.dumps({**outputs, "image": image.name, "sha256": digest}, indent=1).encode()
-        size = len(payload) + len(sidecar_bytes)
-        if size > self.max_bytes:
-            raise ValueError(f"a {size:,}-byte entry is over the review queue's {self.max_bytes:,}-byte cap")
-        self._evict(size)
-        check_free_space(self.folder, size, self.min_free_bytes)
-        sidecar = self.folder / f"{stem}{SIDECAR}"
+
+    def remaining(self) -> int:
+        """Entries waiting for a person (FileNotFoundError when the folder is gone)."""
+        with self._lock:
+            self._ready()
+            return self.count
+
+    def next_after(self, after: str | None) -> tuple[str, bytes, dict[str, Any]] | None:
+        """The oldest entry whose stem sorts after ``after`` (None: the oldest): its stem, image bytes
+        and sidecar. An entry whose files vanished is forgotten on the way."""
+        with self._lock:
+            self._ready()
+            for entry in list(self._entries):
+                if after is not None and entry.stem <= after:
+                    continue
+                read = self._read(entry)
+                if read is not None:
+                    return entry.stem, *read
+        return None
+
+    def get(self, stem: str) -> tuple[bytes, dict[str, Any]] | None:
+        """The queued entry ``stem``'s image bytes and sidecar (None: not in the queue)."""
+        with self._lock:
+            self._ready()
+            entry = next((entry for entry in self._entries if entry.stem == stem), None)
+            return None if entry is None else self._read(entry)
+
+    def labelled_sidecar(self, stem: str) -> dict[str, Any] | None:
+        """The sidecar of ``stem`` if the review page labelled it recently (kept for undo), else None."""
+        path = self.labelled / f"{stem}{SIDECAR}"
         try:
-            with atomic_write(image) as handle:
-                handle.write(payload)
-            with atomic_write(sidecar) as handle:
-                handle.write(sidecar_bytes)
-        except BaseException:
-            image.unlink(missing_ok=True)
-            raise
-        self._entries.append(_Entry(stem, (image, sidecar), size))
-        self.bytes += size
-        return image
+            return json.loads(path.read_text())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def take(self, stem: str) -> bool:
+        """Move a labelled entry out of the queue into ``labelled/``; False when it is no longer queued
+        (taken already, or evicted)."""
+        with self._lock:
+            self._ready()
+            entry = next((entry for entry in self._entries if entry.stem == stem), None)
+            if entry is None:
+                return False
+            self.labelled.mkdir(exist_ok=True)
+            for path in sorted(entry.files, key=lambda path: path.suffix != SIDECAR):  # sidecar first
+                moved = self.labelled / path.name
+                os.replace(path, moved)
+                os.utime(moved)  # labelled/ is pruned by when entries arrived there
+            self._entries.remove(entry)
+            self.bytes -= entry.size
+            self._prune_labelled()
+            return True
+
+    def put_back(self, stem: str) -> bool:
+        """Return an entry from ``labelled/`` to the queue (an undo); False when it is not there."""
+        with self._lock:
+            self._ready()
+            files = sorted(self.labelled.glob(f"{stem}.*"), key=lambda path: path.suffix == SIDECAR)  # image first
+            if len(files) != 2:
+                return False
+            restored = tuple(self.folder / path.name for path in files)
+            for path, target in zip(files, restored, strict=True):
+                os.replace(path, target)
+            entry = _Entry(stem, tuple(sorted(restored)), sum(path.stat().st_size for path in restored))
+            ordered = sorted([*self._entries, entry], key=lambda queued: queued.stem)
+            self._entries = deque(ordered)
+            self.bytes += entry.size
+            self._evict(0)
+            return True
+
+    def _read(self, entry: _Entry) -> tuple[bytes, dict[str, Any]] | None:
+        image = next(path for path in entry.files if path.suffix != SIDECAR)
+        try:
+            sidecar = json.loads((self.folder / f"{entry.stem}{SIDECAR}").read_text())
+            return image.read_bytes(), sidecar
+        except FileNotFoundError:  # removed by hand: forget it
+            self._entries.remove(entry)
+            self.bytes -= entry.size
+            return None
+
+    def _prune_labelled(self) -> None:
+        sidecars = sorted(self.labelled.glob(f"*{SIDECAR}"), key=lambda path: path.stat().st_mtime_ns, reverse=True)
+        for sidecar in sidecars[UNDO_DEPTH:]:
+            for path in self.labelled.glob(f"{sidecar.stem}.*"):
+                path.unlink(missing_ok=True)

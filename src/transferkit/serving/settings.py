@@ -66,6 +66,11 @@ class ServeSettings(BaseSettings):
     monitor_min_free_bytes: int = Field(
         256 * 2**20, ge=0, description="never write monitoring files when the disk has less free than this"
     )
+    review_drop: Path | None = Field(
+        None,
+        description="folder the review page's labels land in, e.g. data/raw/<name>-reviewed (with monitor_dir: "
+        "GET /review is on)",
+    )
     drift_window: int = Field(200, ge=2, description="recent images the drift test compares with the reference")
     drift_min_samples: int = Field(100, ge=2, description="images in the window before drift can be detected")
     drift_alpha: float = Field(0.01, gt=0, lt=1, description="drift is detected when the test's p-value is below")

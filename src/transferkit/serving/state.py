@@ -16,12 +16,14 @@ import numpy as np
 
 from transferkit.errors import DataError, ModelError
 from transferkit.preprocessing import decode_image
+from transferkit.review_drop import DataDrop
 from transferkit.serving.batch_probe import CPU_CANDIDATES, GPU_CANDIDATES, probe_batch_size
 from transferkit.serving.batcher import DynamicBatcher
 from transferkit.serving.explanation import overlay_png
 from transferkit.serving.metrics import ServerMetrics
 from transferkit.serving.model_source import ServedModel, Source, inference_parallelism, load_model, source_from
 from transferkit.serving.monitor import Monitor
+from transferkit.serving.review import ReviewDesk
 from transferkit.serving.settings import ServeSettings, admin_token
 
 log = logging.getLogger("transferkit.serving")
@@ -46,6 +48,7 @@ class ServerState:
         )
         self.admin_token = admin_token()
         self.monitor = Monitor(settings, self.metrics, self.name)
+        self.review = ReviewDesk(self.monitor.review_queue, None)  # the drop needs the model's classes: start()
         self._model = model
         self.batch_probe: dict[str, object] = {"probed": False, "max_batch_size": settings.max_batch_size}
         self._decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
@@ -65,6 +68,10 @@ class ServerState:
         if self.settings.max_batch_size == 0:
             await asyncio.to_thread(self._probe_batch_size)
         self.metrics.serving(self.name, self.model.version)
+        if self.settings.review_drop is not None:
+            drop = await asyncio.to_thread(DataDrop, self.settings.review_drop, self.model.classifier.class_names)
+            self.review = ReviewDesk(self.monitor.review_queue, drop)
+            self.monitor.drop = drop
         self.monitor.serve(self.model)
         self.monitor.start()
         self.batcher.start()

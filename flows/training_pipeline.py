@@ -75,8 +75,15 @@ def sync_data(project: Path, data_path: str) -> str:
 
 
 @task(**IO_TASK, cache_policy=NO_CACHE)
-def check_out_data(workspace: RunWorkspace, data_path: str) -> None:
-    workspace.link_data(data_path)
+def check_out_data(workspace: RunWorkspace, data_path: str, origin: Path | None = None) -> None:
+    workspace.link_data(data_path, origin)
+
+
+@task(**IO_TASK, cache_policy=NO_CACHE)
+def ingest_reviewed(home: Path, drop: str) -> str:
+    data_hash = orchestration.ingest_reviewed(home, drop)
+    get_run_logger().info("reviewed drop %s at DVC hash %s", drop, data_hash)
+    return data_hash
 
 
 @task(cache_policy=NO_CACHE)  # DVC is the cache: an unchanged stage is skipped by `dvc repro`
@@ -161,11 +168,20 @@ def training_pipeline(request: TrainingRequest = TrainingRequest()) -> dict[str,
         )
         data_hash = sync_data(project, params.data.path)
         check_out_data(workspace, params.data.path)
+        # Images people reviewed (the review page's drops) join train and val as their own versions.
+        reviewed = {drop: ingest_reviewed(home, drop) for drop in orchestration.reviewed_drops(home, params)}
+        for drop in reviewed:
+            check_out_data(workspace, drop, home)
         logs = [run_stage(workspace, stage, params) for stage in STAGES]
         variants = {
             k: v for precision in request.variants for k, v in export_variant(workspace, params, precision).items()
         }
-        record = {"data_hash": data_hash, "git_commit": workspace.revision, "overrides": overrides}
+        record = {
+            "data_hash": data_hash,
+            "reviewed_data": reviewed,
+            "git_commit": workspace.revision,
+            "overrides": overrides,
+        }
         version, is_new = promote(workspace, params, registry, record, variants)
         candidate = orchestration.read_json(workspace.path / params.paths.evaluate / "metrics.json")
 

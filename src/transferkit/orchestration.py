@@ -17,10 +17,12 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from transferkit.config import Params, load_params, parse_params, set_dotted
+from transferkit.data.reviewed import DROP_SUFFIX
 from transferkit.errors import DataError, ExportError, GateFailed, TransferkitError
 from transferkit.evaluation.gate import RuleResult, check_gate
 from transferkit.io import atomic_write, read_json, sha256_file
 from transferkit.registry import METRICS, Registry
+from transferkit.review_drop import DataDrop
 from transferkit.stages.common import RELIABILITY_PNG
 
 STAGES = ("prepare", "train", "evaluate", "gate", "export")
@@ -135,6 +137,24 @@ def sync_data(project: Path, data_path: str) -> str:
                     raise TransientError(f"`dvc add {data_path}` waits for another DVC process: {added.stderr.strip()}")
                 raise DataError(f"`dvc add {data_path}` failed: {added.stderr.strip()}")
     return str(YAML(typ="safe").load(pointer.read_text())["outs"][0]["md5"])
+
+
+def reviewed_drops(home: Path, params: Params) -> list[str]:
+    """The reviewed drops (data/reviewed.py) in ``home``'s ``paths.reviewed``, relative to ``home``."""
+    folder = home / params.paths.reviewed
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p.relative_to(home).as_posix() for p in folder.iterdir() if p.is_dir() and p.name.endswith(DROP_SUFFIX)
+    )
+
+
+def ingest_reviewed(home: Path, drop: str) -> str:
+    """Version a reviewed drop for a run: mark every label so far as ingested (the server's count
+    of new labels, and with it the ``labels.ready`` event, starts again from there; the marker is
+    in the version), then ``dvc add`` it. Its DVC hash, for the run's lineage."""
+    DataDrop.at(home / drop).mark_ingested()
+    return sync_data(home, drop)
 
 
 def repro_stage(project: Path, stage: str, params: Params) -> str:

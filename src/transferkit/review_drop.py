@@ -109,6 +109,17 @@ class DataDrop:
             self._refresh()
             self._reconcile()
 
+    @classmethod
+    def at(cls, root: Path) -> DataDrop:
+        """The drop already at ``root``, with the classes its folders hold: what the retraining loop
+        versions, knowing nothing of the model that labelled it."""
+        folders = (
+            sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+        )
+        if not folders:
+            raise DataError(f"{root} holds no labelled images (no class folders); label some on the review page first")
+        return cls(root, folders)
+
     # Reading -----------------------------------------------------------------------------------
 
     def rows(self) -> list[Label]:

@@ -91,10 +91,12 @@ class RunWorkspace:
         shared_cache = {"paths.feature_cache": str(self.home / committed.paths.feature_cache)}
         return apply_overrides(self.path / params_file, {**shared_cache, **overrides})
 
-    def link_data(self, data_path: str) -> None:
-        """Check out the project's current DVC-tracked data version from the shared cache."""
+    def link_data(self, data_path: str, origin: Path | None = None) -> None:
+        """Check out the current DVC-tracked data version of the project (or of ``origin``, the
+        checkout that versioned it: a reviewed drop is added where the server wrote it) from the
+        shared cache."""
         pointer = Path(data_path).with_name(Path(data_path).name + ".dvc")
-        source = self.project / pointer
+        source = (origin or self.project) / pointer
         if not source.is_file():
             raise DataError(f"{data_path} is not DVC-tracked in {self.project}; run `dvc add {data_path}` there")
         (self.path / pointer).parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -10,12 +11,17 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pytest
+import yaml
+from PIL import Image
 
 from tests.helpers import make_project, run_tool
 from transferkit import orchestration
 from transferkit.errors import ConfigError, DataError
-from transferkit.registry import Registry
+from transferkit.io import sha256_bytes
+from transferkit.registry import METRICS, Registry
+from transferkit.review_drop import DataDrop, Label, utc_now
 
 pytestmark = pytest.mark.slow
 
@@ -104,6 +110,32 @@ def test_new_model_becomes_v2_and_rollback_restores_v1(flow_project: Path) -> No
     assert registry.show(2)["lineage"]["parent_version"] == 1
     run_tool(["transferkit", "registry", "rollback", "--name", "cells", "--root", "models/registry"], flow_project)
     assert registry.production() == 1
+
+
+def test_reviewed_labels_become_a_data_version_in_the_next_models_lineage(flow_project: Path) -> None:
+    """The review page's drop (a real DataDrop) in data/raw: the run `dvc add`s it after marking
+    its labels ingested, prepare adds its images to train and val, and the lineage names its
+    version; the test split is the same 40 images."""
+    from flows.training_pipeline import training_pipeline
+
+    drop = DataDrop(flow_project / "data/raw/elpv-reviewed", ["functional", "defective"])
+    for seed in range(8):
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (48, 48), dtype=np.uint8)).save(buffer, "PNG")
+        image, label = buffer.getvalue(), ("functional", "defective")[seed % 2]
+        drop.write(
+            image, Label(sha256_bytes(image), label, "inspector", utc_now(), "v1", "review", None, "review page")
+        )
+    assert drop.count_since(drop.ingested()) == 8
+    result = training_pipeline(_request(flow_project, overrides={"gate.max_regression": 1.0}))
+    assert {"prepare", "train"} <= set(result["stages_run"]) and result["new_version"]
+    registry = Registry(flow_project / "models/registry", "cells")
+    reviewed = registry.show(result["version"])["lineage"]["reviewed_data"]
+    pointer = flow_project / "data/raw/elpv-reviewed.dvc"
+    assert reviewed == {"data/raw/elpv-reviewed": yaml.safe_load(pointer.read_text())["outs"][0]["md5"]}
+    assert DataDrop.at(drop.root).count_since(drop.ingested()) == 0  # the server's labelled count starts over
+    metrics = json.loads((registry.version_dir(result["version"]) / METRICS).read_text())
+    assert metrics["count"] == 40  # the same test split
 
 
 def test_invalid_flow_parameters_fail_at_submission(flow_project: Path) -> None:

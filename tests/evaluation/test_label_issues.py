@@ -14,6 +14,7 @@ from transferkit.evaluation.label_issues import (
     find_issues,
     out_of_fold_probabilities,
     rank_issues,
+    split_embeddings,
 )
 from transferkit.training.compute import Compute
 
@@ -56,12 +57,13 @@ def test_flipped_elpv_labels_rank_above_the_rest_with_imagenet_features(trained_
     """Real cells (the shrunk pipeline's prepared subset), the pretrained backbone, labels flipped
     on purpose: the flipped images must be found far more often than the others are."""
     prepared = PreparedData.load(trained_shrunk.paths.prepared)
-    given = prepared.labels(prepared.indices("train"))
-    noisy, chosen = flip(given, FLIPPED, seed=3)
     model, version = embedding_model("imagenet", Path("unused"), trained_shrunk.model.architecture, 2)
     compute = Compute.from_params(trained_shrunk.train)
-    issues = find_issues(prepared, model, version, "imagenet", compute, 32, labels=noisy)
-    assert issues.indices.tolist() == prepared.indices("train").tolist() and version == "imagenet"
+    indices, embeddings = split_embeddings(prepared, model, "train", compute, 32)
+    given = prepared.labels(indices)
+    noisy, chosen = flip(given, FLIPPED, seed=3)
+    issues = find_issues(indices, noisy, embeddings, "imagenet", version)
+    assert indices.tolist() == prepared.indices("train").tolist() and version == "imagenet"
     found = set(issues.ranked.tolist())
     caught = len(found & set(chosen.tolist()))
     false_alarms = len(found) - caught

@@ -34,7 +34,7 @@ def suspects(
     reason "label suspected", the given label and the probabilities."""
     from transferkit.config import load_params
     from transferkit.data.cache import PreparedData
-    from transferkit.evaluation.label_issues import embedding_model, find_issues
+    from transferkit.evaluation.label_issues import embedding_model, find_issues, split_embeddings
     from transferkit.serving.monitor_files import ReviewQueue
     from transferkit.serving.settings import ServeSettings
     from transferkit.serving.suspects import queue_suspects
@@ -51,17 +51,9 @@ def suspects(
         settings.model.architecture,
         len(prepared.class_names),
     )
-    issues = find_issues(
-        prepared,
-        model,
-        version,
-        features,
-        Compute.from_params(settings.train),
-        settings.evaluate.batch_size,
-        split,
-        folds,
-        settings.data.seed,
-    )
+    compute = Compute.from_params(settings.train)
+    indices, embeddings = split_embeddings(prepared, model, split, compute, settings.evaluate.batch_size)
+    issues = find_issues(indices, prepared.labels(indices), embeddings, features, version, folds, settings.data.seed)
     caps = ServeSettings.model_fields
     review = ReviewQueue(
         queue,

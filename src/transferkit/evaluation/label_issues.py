@@ -96,27 +96,30 @@ def rank_issues(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
     return np.asarray(find_label_issues(labels, pred_probs, return_indices_ranked_by="self_confidence"), np.int64)
 
 
-def find_issues(
-    prepared: PreparedData,
-    model: ImageClassifier,
-    model_version: str,
-    features: str,
-    compute: Compute,
-    batch_size: int,
-    split: str = "train",
-    folds: int = 5,
-    seed: int = 0,
-    regularization: float = 0.1,
-    labels: np.ndarray | None = None,
-) -> LabelIssues:
-    """The suspects of ``split``; ``labels`` replaces the prepared labels (a test flips some)."""
+def split_embeddings(
+    prepared: PreparedData, model: ImageClassifier, split: str, compute: Compute, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The split's rows in the prepared dataset and their pooled embeddings (float64, for the probe)."""
     indices = prepared.indices(split)
     if not len(indices):
         raise DataError(f"{prepared.root} has no {split!r} images")
-    given = prepared.labels(indices) if labels is None else np.asarray(labels, np.int64)
     _, embeddings = predict_embedded(model, prepared.images_chw(indices), batch_size, compute, f"embed {split}")
-    pred_probs = out_of_fold_probabilities(embeddings.astype(np.float64), given, folds, seed, regularization)
-    return LabelIssues(indices, given, pred_probs, rank_issues(given, pred_probs), features, model_version)
+    return indices, embeddings.astype(np.float64)
+
+
+def find_issues(
+    indices: np.ndarray,
+    labels: np.ndarray,
+    embeddings: np.ndarray,
+    features: str,
+    model_version: str,
+    folds: int = 5,
+    seed: int = 0,
+    regularization: float = 0.1,
+) -> LabelIssues:
+    """The suspects among ``indices`` given ``labels`` (the prepared ones, or a test's flipped ones)."""
+    pred_probs = out_of_fold_probabilities(embeddings, labels, folds, seed, regularization)
+    return LabelIssues(indices, labels, pred_probs, rank_issues(labels, pred_probs), features, model_version)
 
 
 def suspect_entry(issues: LabelIssues, rank: int, prepared: PreparedData, time: str) -> dict[str, Any]:

@@ -10,13 +10,18 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import run_tool
+from tests.helpers import REPO, run_tool
 from transferkit.decision import LABEL_SUSPECTED, NEAR_THRESHOLD
 from transferkit.errors import DataError
 from transferkit.io import sha256_bytes
@@ -26,6 +31,8 @@ from transferkit.serving.monitor_files import ReviewQueue
 
 CLASSES = ["functional", "defective"]
 REVIEW = [sys.executable, "-m", "transferkit.cli", "review"]
+LS_VENV = Path(os.environ.get("LABEL_STUDIO_VENV", REPO / ".venv-label-studio"))
+LS_TOKEN = "transferkit-test-token-0123456789abcdef"
 
 
 def served_entry(label: str, p_defective: float, reason: str, **extra: Any) -> dict[str, Any]:
@@ -106,7 +113,7 @@ def test_an_export_in_the_documented_format_lands_in_the_drop(queue: Path, tmp_p
     drop = tmp_path / "data" / "raw" / "elpv-reviewed"
     args = [*REVIEW, "import", str(export_file), "--drop", str(drop), "-c", "functional", "-c", "defective"]
     result = run_tool(args, tmp_path)
-    assert "2 label(s)" in result.stdout and "3 task(s) skipped" in result.stdout
+    assert "2 label(s)" in result.stderr and "3 task(s) skipped" in result.stderr
     assert [path.read_bytes() for path in (drop / "defective").iterdir()] == [payload]
     assert not (drop / "functional").exists()  # the invalid image is in no class folder
     assert [row.label for row in DataDrop(drop, CLASSES).rows()] == ["defective", INVALID]
@@ -143,8 +150,77 @@ def test_bad_exports_name_the_task_and_write_nothing(queue: Path, tmp_path: Path
 def test_export_writes_tasks_and_config_and_an_empty_queue_is_an_error(queue: Path, tmp_path: Path) -> None:
     out = tmp_path / "ls" / "tasks.json"
     result = run_tool([*REVIEW, "export", str(queue), "-o", str(out)], tmp_path)
-    assert "3 task(s)" in result.stdout
+    assert "3 task(s)" in result.stderr
     assert len(json.loads(out.read_text())) == 3 and "<Choices" in out.with_suffix(".xml").read_text()
     (tmp_path / "empty").mkdir()
     empty = run_tool([*REVIEW, "export", str(tmp_path / "empty"), "-o", str(out)], tmp_path, check=False)
     assert empty.returncode == 2 and "holds no queued images" in empty.stdout + empty.stderr
+
+
+@pytest.fixture
+def label_studio(tmp_path: Path) -> Iterator[str]:
+    """A real Label Studio on loopback with an empty database; its URL."""
+    binary = LS_VENV / "bin" / "label-studio"
+    if not binary.is_file():
+        pytest.skip(f"no Label Studio at {LS_VENV}: `make label-studio` creates it (or set LABEL_STUDIO_VENV)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = tmp_path / "label-studio"
+    env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true"}
+    args = [str(binary), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
+            "--data-dir", str(data), "--username", "reviewer@example.com", "--password", "reviewer-password",
+            "--user-token", LS_TOKEN, "--enable-legacy-api-token"]  # fmt: skip
+    log = (tmp_path / "label-studio.log").open("w")
+    server = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240  # the first start migrates a new database
+        while True:
+            if server.poll() is not None:
+                raise AssertionError(
+                    f"Label Studio exited {server.returncode}: {(tmp_path / 'label-studio.log').read_text()[-3000:]}"
+                )  # noqa: E501
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("Label Studio did not start within 240 s") from None
+                time.sleep(1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.slow
+def test_a_real_label_studio_round_trip_lands_in_the_drop(label_studio: str, queue: Path, tmp_path: Path) -> None:
+    """Our tasks and config into a real Label Studio, annotated through its API (one relabel, one
+    confirmation, one skip), its own JSON export back through `transferkit review import`."""
+    tasks_file = tmp_path / "ls" / "tasks.json"
+    run_tool([*REVIEW, "export", str(queue), "-o", str(tasks_file)], tmp_path)
+    exported = tmp_path / "ls" / "export.json"
+    driver = [str(LS_VENV / "bin" / "python"), str(REPO / "tests" / "label_studio_roundtrip.py"), label_studio,
+              LS_TOKEN, str(tasks_file.with_suffix(".xml")), str(tasks_file), str(exported)]  # fmt: skip
+    run_tool([*driver, "functional", "defective", "-"], tmp_path, timeout=300)
+    drop = tmp_path / "drop"
+    args = [*REVIEW, "import", str(exported), "--drop", str(drop), "-c", "functional", "-c", "defective"]
+    result = run_tool(args, tmp_path)
+    assert "2 label(s)" in result.stderr and "1 task(s) skipped" in result.stderr
+    sent = json.loads(tasks_file.read_text())
+    rows = DataDrop(drop, CLASSES).rows()
+    assert [(row.image_sha256, row.label) for row in rows] == [
+        (sent[0]["data"]["sha256"], "functional"),
+        (sent[1]["data"]["sha256"], "defective"),
+    ]
+    assert {row.source for row in rows} == {LABEL_STUDIO} and rows[0].model_version == "3"
+    assert (drop / "functional" / f"{sent[0]['data']['sha256']}.png").read_bytes() == base64.b64decode(
+        sent[0]["data"]["image"].split(";base64,")[1]
+    )
+    # Label Studio kept the model's answer as the task's prediction.
+    back = json.loads(exported.read_text())
+    assert [task["predictions"][0]["result"][0]["value"]["choices"] for task in back] == [
+        ["defective"], ["functional"], ["defective"]
+    ]  # fmt: skip

@@ -23,7 +23,7 @@ def test_suspects_are_queued_like_served_images_with_their_given_label(trained_s
     queue = tmp_path / "monitor" / "review"
     args = [*REVIEW, "suspects", "--queue", str(queue), "--top", "3", "--features", "trained", "-p", str(params)]
     first = run_tool(args, tmp_path)
-    assert "suspected label error(s) among" in first.stdout and "queued 3 in" in first.stdout
+    assert "suspected label error(s) among" in first.stderr and "queued 3 in" in first.stderr
     assert LABEL_SUSPECTED in REASONS
     names = PreparedData.load(trained_shrunk.paths.prepared).class_names
     sidecars = sorted(queue.glob("*.json"))
@@ -40,7 +40,7 @@ def test_suspects_are_queued_like_served_images_with_their_given_label(trained_s
     assert sorted(ranks) == [1, 2, 3]  # the queue's time order is the rank order
     # A rerun queues nothing twice; the server's own queue class takes the entries over as its own.
     again = run_tool(args, tmp_path)
-    assert "queued 0 in" in again.stdout and "3 already there" in again.stdout
+    assert "queued 0 in" in again.stderr and "3 already there" in again.stderr
     server_queue = ReviewQueue(queue, max_images=10, max_bytes=10**8, min_free_bytes=0)
     server_queue._scan()
     assert server_queue.count == 3

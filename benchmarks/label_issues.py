@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -97,7 +98,12 @@ def main() -> None:
     grade_of = grades(Path(params.data.path))
     compute = Compute.from_params(params.train)
     seed = params.data.seed
-    result: dict[str, Any] = {"folds": 5, "default_C": DEFAULT_C, "features": {}}
+    result: dict[str, Any] = {
+        "command": " ".join(["python", *sys.argv]),
+        "folds": 5,
+        "default_C": DEFAULT_C,
+        "features": {},
+    }
     ranked_files: dict[str, list[str]] = {}
     for features in FEATURES:
         model, version = embedding_model(

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
+from tests.helpers import shrunk_params
+from transferkit.config import Params
 from transferkit.data.cache import PreparedData
 from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation.label_issues import (
@@ -53,19 +56,31 @@ def test_the_embedding_model_is_named_and_a_missing_checkpoint_says_what_to_run(
         embedding_model("trained", tmp_path / "model.pt", "efficientnet_lite0", 2)
 
 
-def test_flipped_elpv_labels_rank_above_the_rest_with_imagenet_features(trained_shrunk) -> None:
-    """Real cells (the shrunk pipeline's prepared subset), the pretrained backbone, labels flipped
-    on purpose: the flipped images must be found far more often than the others are."""
-    prepared = PreparedData.load(trained_shrunk.paths.prepared)
-    model, version = embedding_model("imagenet", Path("unused"), trained_shrunk.model.architecture, 2)
-    compute = Compute.from_params(trained_shrunk.train)
-    indices, embeddings = split_embeddings(prepared, model, "train", compute, 32)
+@pytest.fixture(scope="module")
+def prepared_cells(tmp_path_factory: pytest.TempPathFactory, elpv_subset: Path) -> tuple[PreparedData, Params]:
+    """The shrunk config's prepared ELPV subset at 128 px: at the shrunk 64 px the pretrained
+    backbone sees too little of a crack for a probe on 104 images to find flipped labels."""
+    from transferkit.stages import prepare
+
+    params = shrunk_params(tmp_path_factory.mktemp("cells"), data__path=str(elpv_subset), data__image_size=128)
+    prepare.run(params)
+    return PreparedData.load(params.paths.prepared), params
+
+
+def test_flipped_elpv_labels_rank_above_the_rest_with_imagenet_features(prepared_cells) -> None:
+    """Real cells, the pretrained backbone, 8 of 104 training labels flipped on purpose: cleanlab
+    must catch at least half, and the flipped ones must rank well above the rest (an AUROC of
+    their out-of-fold self-confidence; 0.5 would be chance, the subset's own noisy labels included).
+    Over five flip seeds it caught 5-8 of 8 with AUROC 0.72-0.82."""
+    prepared, params = prepared_cells
+    model, version = embedding_model("imagenet", Path("unused"), params.model.architecture, 2)
+    indices, embeddings = split_embeddings(prepared, model, "train", Compute.from_params(params.train), 32)
+    assert indices.tolist() == prepared.indices("train").tolist() and version == "imagenet"
     given = prepared.labels(indices)
     noisy, chosen = flip(given, FLIPPED, seed=3)
     issues = find_issues(indices, noisy, embeddings, "imagenet", version)
-    assert indices.tolist() == prepared.indices("train").tolist() and version == "imagenet"
-    found = set(issues.ranked.tolist())
-    caught = len(found & set(chosen.tolist()))
-    false_alarms = len(found) - caught
+    caught = len(set(issues.ranked.tolist()) & set(chosen.tolist()))
     assert caught >= FLIPPED // 2, f"found {caught} of {FLIPPED} flipped labels"
-    assert caught / FLIPPED > 3 * false_alarms / (len(given) - FLIPPED), "flipped ones are not found more often"
+    is_flipped = np.isin(np.arange(len(noisy)), chosen)
+    self_confidence = issues.pred_probs[np.arange(len(noisy)), noisy]
+    assert roc_auc_score(is_flipped, -self_confidence) > 0.65

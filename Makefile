@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: setup pipeline test test-fast lint bench gpu-check clean-venv
+.PHONY: setup pipeline test test-fast lint bench gpu-check clean-venv label-studio
 
 setup: $(STAMP)
 
@@ -49,6 +49,15 @@ bench: setup
 GPU_PYTHON ?= $(BIN)/python
 gpu-check:
 	PYTHONPATH=src:$$PYTHONPATH $(GPU_PYTHON) benchmarks/gpu_check.py
+
+# A real Label Studio for the slow round-trip test (tests/test_label_studio.py skips without it), in
+# its own venv so its Django stack's pins never move ours; about 3.5 minutes to install.
+LS_VENV ?= .venv-label-studio
+label-studio: $(LS_VENV)/bin/label-studio
+
+$(LS_VENV)/bin/label-studio:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q 'label-studio>=1.23,<1.24' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 
 clean-venv:
 	rm -rf $(VENV)

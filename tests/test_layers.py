@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "study",
             "tuning",
             "serving",
+            "label_studio",
         },
     ),
     ("entry points", {"cli"}),

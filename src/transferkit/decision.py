@@ -28,7 +28,10 @@ POSITIVE_NAMES = ("pass", "flag", "review")  # decision codes 0, 1, 2 with posit
 CONFIDENCE_NAMES = ("accept", "review")  # codes 0, 1 without: act on the predicted class, or a person looks
 REVIEW = "review"
 OUT_OF_DISTRIBUTION, NEAR_THRESHOLD, LOW_CONFIDENCE = "out of distribution", "near the threshold", "low confidence"
-REASONS = (OUT_OF_DISTRIBUTION, NEAR_THRESHOLD, LOW_CONFIDENCE)
+# Not the model's own decision: a training image whose given label the data disputes
+# (evaluation/label_issues.py, `transferkit review suspects`), queued for a person beside the rest.
+LABEL_SUSPECTED = "label suspected"
+REASONS = (OUT_OF_DISTRIBUTION, NEAR_THRESHOLD, LOW_CONFIDENCE, LABEL_SUSPECTED)
 
 
 @dataclass(frozen=True)

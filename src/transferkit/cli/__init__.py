@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from transferkit.cli import pipeline, registry, research, serving
+from transferkit.cli import pipeline, registry, research, review, serving
 
 app = typer.Typer(
     help="Fine-tune a pretrained image model, gate it, export it as a verified ONNX model, and serve it.",
@@ -39,3 +39,6 @@ app.command("serve", rich_help_panel="Using a model")(serving.serve)
 app.command("predict", rich_help_panel="Using a model")(serving.predict)
 app.command("explain", rich_help_panel="Using a model")(serving.explain)
 app.command("export-triton", rich_help_panel="Using a model")(serving.export_triton)
+
+# People in the loop: suspected label errors, Label Studio out and back.
+app.add_typer(review.review_app, name="review", rich_help_panel="Review")

@@ -61,5 +61,7 @@ def test_gpu_recipe_runs_end_to_end_on_the_cpu(tmp_path: Path, elpv_subset: Path
     assert report["parity"]["max_abs_diff"] <= report["parity"]["tolerance"]
     assert report["parity"]["tolerance"] >= params.export.fp16_parity_tolerance
     metadata = read_metadata(Path(params.paths.export) / "model.onnx")
-    assert metadata["precision"] == "fp16" and metadata["outputs"] == ["logits", "probabilities", "decision", "heatmap"]
+    outputs = ["logits", "probabilities", "decision", "heatmap", "embedding", "ood_score"]
+    assert metadata["precision"] == "fp16" and metadata["outputs"] == outputs
+    assert report["ood_score"]["passed"]  # the OOD reference stays fp32 behind the fp16 backbone
     assert "fp16 weights and compute" in (Path(params.paths.export) / "model_card.md").read_text()

@@ -76,3 +76,13 @@ def test_operating_point_does_not_regress_against_production() -> None:
     # A production model evaluated before the operating point existed is compared on the rest.
     rules = {r.rule for r in check_gate(worse, gate, _metrics(0.9, 0.85, 0.0))}
     assert "no_regression_accuracy" in rules and "no_regression_recall" not in rules
+
+
+def test_the_review_fraction_counts_what_the_ood_threshold_sends_to_review() -> None:
+    """The band alone reviews 0.45; with the images over the OOD threshold a person gets 0.52."""
+    gate = GateParams(max_review_fraction=0.5)
+    band_only = _with_decision(_metrics(0.9, 0.85, 0.05), 0.96, 0.37, 0.45)
+    assert gate_report(check_gate(band_only, gate, None))["passed"]
+    with_ood = {**band_only, "ood": {"test_review": 0.52, "test_review_without_ood": 0.45}}
+    [review] = [r for r in check_gate(with_ood, gate, None) if r.rule == "max_review_fraction"]
+    assert not review.passed and "0.5200" in review.describe()

@@ -54,13 +54,17 @@ DECISION_RULES = {"recall": ">=", "false_alarm": "<=", "review": "<="}
 
 def decision_values(metrics: dict[str, Any]) -> dict[str, float]:
     """The operating point's figures on test; empty for metrics written before it existed.
-    A figure with nothing to count (no positives on test) is NaN, which fails its rule."""
+    A figure with nothing to count (no positives on test) is NaN, which fails its rule. The review
+    fraction is the whole rule's, out-of-distribution reviews included, where evaluate measured it."""
     test = metrics.get("decision", {}).get("test", {})
-    return {
+    values = {
         name: float("nan") if test[name]["value"] is None else test[name]["value"]
         for name in DECISION_RULES
         if name in test
     }
+    if "review" in values and "ood" in metrics:  # what a person gets includes the OOD threshold's share
+        values["review"] = metrics["ood"]["test_review"]
+    return values
 
 
 def check_gate(metrics: dict[str, Any], gate: GateParams, baseline: dict[str, Any] | None) -> list[RuleResult]:

@@ -130,7 +130,9 @@ def cells(elpv_subset: Path) -> list[Path]:
 
 @pytest.fixture
 def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., TestClient]]:
-    """Start an in-process server (lifespan included) for ``model`` with setting overrides."""
+    """Start an in-process server (lifespan included) for ``model`` with setting overrides. Batches
+    of up to 8 unless a test says otherwise: the start-up probe (tested on its own) would time
+    four batch sizes at every one of the suite's server starts."""
     from fastapi.testclient import TestClient
 
     from transferkit.serving.app import create_app
@@ -140,7 +142,7 @@ def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., TestClient]
     clients: list[TestClient] = []
 
     def start(model: Path | str, **overrides: object) -> TestClient:
-        settings = load_settings(**{"model": str(model), "reload_interval_s": 0, **overrides})
+        settings = load_settings(**{"model": str(model), "reload_interval_s": 0, "max_batch_size": 8, **overrides})
         client = TestClient(create_app(settings), raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)

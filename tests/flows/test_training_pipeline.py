@@ -94,48 +94,43 @@ def test_failing_gate_fails_the_run_notifies_and_keeps_production(flow_project: 
     assert Registry(flow_project / "models/registry", "cells").production() == 1
 
 
-def test_new_model_becomes_v2_and_rollback_restores_v1(flow_project: Path) -> None:
+def _reviewed_drop(root: Path, count: int) -> DataDrop:
+    """A drop as the review page writes it (a real DataDrop): ``count`` new images, labelled."""
+    drop = DataDrop(root / "data/raw/elpv-reviewed", ["functional", "defective"])
+    for seed in range(count):
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (48, 48), dtype=np.uint8)).save(buffer, "PNG")
+        image, label = buffer.getvalue(), ("functional", "defective")[seed % 2]
+        drop.write(image, Label(sha256_bytes(image), label, "inspector", utc_now(), "v1", "review", None, "page"))
+    return drop
+
+
+def test_new_model_with_reviewed_labels_becomes_v2_and_rollback_restores_v1(flow_project: Path) -> None:
+    """v2 is another model (1 epoch) that also learns from a reviewed drop: the run `dvc add`s the
+    drop after marking its labels ingested, prepare adds its images to train and val, and v2's
+    lineage names its version; the test split is the same 40 images. Then rollback."""
     from flows.training_pipeline import training_pipeline
 
+    drop = _reviewed_drop(flow_project, 8)
+    assert drop.count_since(drop.ingested()) == 8
     original = (flow_project / "params.yaml").read_text()
     try:
-        # Another model (1 epoch): whether it beats v1 on 40 test images is luck, and the gate is not
-        # what this test is about, so any regression is allowed.
+        # Whether a 1-epoch model beats v1 on 40 test images is luck, and the gate is not what this
+        # test is about, so any regression is allowed.
         overrides = {"train.epochs": 1, "gate.max_regression": 1.0}
         result = training_pipeline(_request(flow_project, overrides=overrides))
     finally:
         (flow_project / "params.yaml").write_text(original)
-    assert result["version"] == 2
+    assert result["version"] == 2 and {"prepare", "train"} <= set(result["stages_run"])
     registry = Registry(flow_project / "models/registry", "cells")
-    assert registry.show(2)["lineage"]["parent_version"] == 1
+    lineage = registry.show(2)["lineage"]
+    assert lineage["parent_version"] == 1
+    pointer = flow_project / "data/raw/elpv-reviewed.dvc"
+    assert lineage["reviewed_data"] == {"data/raw/elpv-reviewed": yaml.safe_load(pointer.read_text())["outs"][0]["md5"]}
+    assert DataDrop.at(drop.root).count_since(drop.ingested()) == 0  # the server's labelled count starts over
+    assert json.loads((registry.version_dir(2) / METRICS).read_text())["count"] == 40  # the same test split
     run_tool(["transferkit", "registry", "rollback", "--name", "cells", "--root", "models/registry"], flow_project)
     assert registry.production() == 1
-
-
-def test_reviewed_labels_become_a_data_version_in_the_next_models_lineage(flow_project: Path) -> None:
-    """The review page's drop (a real DataDrop) in data/raw: the run `dvc add`s it after marking
-    its labels ingested, prepare adds its images to train and val, and the lineage names its
-    version; the test split is the same 40 images."""
-    from flows.training_pipeline import training_pipeline
-
-    drop = DataDrop(flow_project / "data/raw/elpv-reviewed", ["functional", "defective"])
-    for seed in range(8):
-        buffer = io.BytesIO()
-        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (48, 48), dtype=np.uint8)).save(buffer, "PNG")
-        image, label = buffer.getvalue(), ("functional", "defective")[seed % 2]
-        drop.write(
-            image, Label(sha256_bytes(image), label, "inspector", utc_now(), "v1", "review", None, "review page")
-        )
-    assert drop.count_since(drop.ingested()) == 8
-    result = training_pipeline(_request(flow_project, overrides={"gate.max_regression": 1.0}))
-    assert {"prepare", "train"} <= set(result["stages_run"]) and result["new_version"]
-    registry = Registry(flow_project / "models/registry", "cells")
-    reviewed = registry.show(result["version"])["lineage"]["reviewed_data"]
-    pointer = flow_project / "data/raw/elpv-reviewed.dvc"
-    assert reviewed == {"data/raw/elpv-reviewed": yaml.safe_load(pointer.read_text())["outs"][0]["md5"]}
-    assert DataDrop.at(drop.root).count_since(drop.ingested()) == 0  # the server's labelled count starts over
-    metrics = json.loads((registry.version_dir(result["version"]) / METRICS).read_text())
-    assert metrics["count"] == 40  # the same test split
 
 
 def test_invalid_flow_parameters_fail_at_submission(flow_project: Path) -> None:

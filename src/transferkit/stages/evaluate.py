@@ -139,8 +139,9 @@ def write_gallery(
 
 def fit_ood(
     params: Params, prepared: PreparedData, model: ImageClassifier, compute: Compute, val_embeddings: np.ndarray
-) -> OodReference | None:
-    """The OOD reference (decision.ood) on the training split's embeddings, thresholded on val's."""
+) -> tuple[OodReference, np.ndarray] | None:
+    """The OOD reference (decision.ood) on the training split's embeddings, thresholded on val's,
+    and val's scores (the drift reference's)."""
     ood = params.decision.ood
     if ood.method is None:
         return None
@@ -151,7 +152,8 @@ def fit_ood(
     reference = fit_reference(
         ood.method, embeddings, prepared.labels(train_idx), ood.k, ood.bank_size, params.data.seed
     )
-    return reference.with_threshold(reference.score(val_embeddings), ood.in_distribution_rate)
+    val_scores = reference.score(val_embeddings)
+    return reference.with_threshold(val_scores, ood.in_distribution_rate), val_scores
 
 
 def drift_reference(val_probabilities: np.ndarray, val_ood: np.ndarray | None) -> dict[str, Any]:
@@ -203,16 +205,15 @@ def run(params: Params) -> dict[str, Any]:
     metrics["decision"] = operating_point_metrics(choice, names, params.decision, val, (probabilities, labels, groups))
     reference, reference_embeddings = reference_embedded(model, images, batch_size, compute, (raw, embeddings))
     reference = reference / temperature
-    ood = fit_ood(params, prepared, model, compute, val_embeddings)
-    rule = choice.rule
-    if ood is not None:
-        rule = replace(rule, ood_threshold=ood.threshold)
+    fitted = fit_ood(params, prepared, model, compute, val_embeddings)
+    val_ood = None
+    if fitted is not None:
+        ood, val_ood = fitted
+        rule = replace(choice.rule, ood_threshold=ood.threshold)
         metrics["decision"]["rule"] = rule.as_metadata(names)
         metrics["ood"] = ood_metrics(ood, rule, probabilities, ood.score(embeddings))
         ood.save(params.paths.ood_reference)
-    write_json(
-        params.paths.drift_reference, drift_reference(val[0], None if ood is None else ood.score(val_embeddings))
-    )
+    write_json(params.paths.drift_reference, drift_reference(val[0], val_ood))
     with atomic_write(params.paths.test_embeddings) as handle:
         np.save(handle, reference_embeddings.astype(np.float32))
 

@@ -105,7 +105,8 @@ def verify(
     names = [*OUTPUT_NAMES, HEATMAP_OUTPUT] + ([DECISION_OUTPUT] if rule is not None else [])
     names += [EMBEDDING_OUTPUT, OOD_OUTPUT] if ood is not None else []
     outputs = onnx_outputs(model_bytes, prepared.images_chw(test_idx).numpy(), names, threads)
-    reference_ood = None if ood is None else ood.score(np.load(params.paths.test_embeddings))
+    reference_embedding = None if ood is None else np.load(params.paths.test_embeddings)
+    reference_ood = None if ood is None else ood.score(reference_embedding)
     logits = outputs[OUTPUT_NAMES[0]]
     reference, labels = np.load(params.paths.test_logits), prepared.labels(test_idx)
     export = params.export
@@ -120,8 +121,8 @@ def verify(
         check = check_parity(logits, reference, labels, tolerance)
         others[HEATMAP_OUTPUT] = check_heatmap(outputs[HEATMAP_OUTPUT], logits, tolerance)
         if ood is not None:
-            embedding = np.load(params.paths.test_embeddings)
-            others[OOD_OUTPUT] = check_ood(outputs[EMBEDDING_OUTPUT], outputs[OOD_OUTPUT], embedding, ood, tolerance)
+            graph = outputs[EMBEDDING_OUTPUT], outputs[OOD_OUTPUT]
+            others[OOD_OUTPUT] = check_ood(*graph, reference_embedding, ood, tolerance)
     if rule is not None:
         probabilities = softmax(reference.astype(np.float64), axis=1)
         limit = export.int8.max_decision_flips if export.precision == "int8" else export.max_decision_flips

@@ -17,22 +17,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.retries import retry_transient
 from transferkit import monitoring_events
-from transferkit.monitoring_events import DEFAULT_MIN_NEW_LABELS, DEFAULT_URL, MonitorUnreachable
+from transferkit.monitoring_events import DEFAULT_MIN_NEW_LABELS, DEFAULT_URL
 
 
-def _retry_unreachable(task, task_run, state) -> bool:
-    """Retry only a server that did not answer; a wrong answer stays wrong."""
-    try:
-        state.result()
-    except MonitorUnreachable:
-        return True
-    except Exception:
-        return False
-    return False
-
-
-@task(retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_unreachable, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def read_monitor(url: str, timeout_s: float) -> dict[str, Any]:
     return monitoring_events.fetch_monitor(url, timeout_s)
 

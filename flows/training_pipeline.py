@@ -25,10 +25,11 @@ from prefect.concurrency.sync import concurrency
 from prefect.tasks import exponential_backoff
 from pydantic import Field
 
+from flows.retries import retry_transient
 from flows.run_requests import ProjectRequest
 from transferkit import orchestration
 from transferkit.config import Params, Strategy
-from transferkit.orchestration import STAGES, TransientError
+from transferkit.orchestration import STAGES
 from transferkit.registry import METRICS, Registry
 from transferkit.run_workspace import RunWorkspace, deployment_home, run_workspace, use_home_storage
 
@@ -43,21 +44,10 @@ class TrainingRequest(ProjectRequest):
     variants: list[Literal["fp16", "int8"]] = Field(default_factory=list)
 
 
-def _retry_transient(task, task_run, state) -> bool:
-    """Retry only failures that may pass on retry, never deterministic ones."""
-    try:
-        state.result()
-    except TransientError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
 IO_TASK = {
     "retries": 3,
     "retry_delay_seconds": exponential_backoff(backoff_factor=1),
-    "retry_condition_fn": _retry_transient,
+    "retry_condition_fn": retry_transient,
 }
 
 
